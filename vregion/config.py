@@ -1,0 +1,340 @@
+"""Typed run configuration: one dataclass per concern, loaded from YAML with dotted CLI overrides.
+
+Every field carries a help string in its metadata. Loading is strict: an unknown or mistyped key fails
+with a message naming it and the valid keys, so a typo never silently falls back to a default.
+
+A config describes one or more *stages* (e.g. projector alignment, then region tuning). The top-level
+`region`, `optim` and `train` sections are the defaults; each entry of `stages` overrides parts of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+# ----------------------------------------------------------------------------------------------- model
+@dataclass
+class VisionConfig:
+    type: str = _f("clip", "vision backbone id in the backbone registry (clip, siglip, ...)")
+    path: Optional[str] = _f(None, "local HF folder or hub id of the vision tower; None with `tiny` set")
+    tiny: Optional[dict] = _f(None, "random-weight config overrides for tests (e.g. hidden_size: 32)")
+    feature_layer: int = _f(-2, "hidden-state index whose patch features feed the projector (LLaVA-1.5: -2)")
+    image_size: Optional[int] = _f(None, "input resolution; None takes the backbone's own")
+
+
+@dataclass
+class ProjectorConfig:
+    type: str = _f("mlp2x_gelu", "projector id: linear | mlp2x_gelu")
+
+
+@dataclass
+class LLMConfig:
+    path: Optional[str] = _f(None, "local HF folder, hub id, or .gguf file of a causal LM")
+    gguf_file: Optional[str] = _f(None, "GGUF file name inside `path` (when path is a folder or hub id)")
+    tiny: Optional[dict] = _f(None, "random-weight config for tests: {family: llama|qwen2|gemma3, ...overrides}")
+    attn_implementation: str = _f("sdpa", "sdpa | eager | flash_attention_2 (needs the `gpu` extra)")
+    cache_dir: Optional[str] = _f(None, "where GGUF exports to HF folders are cached (default ~/.cache/vregion)")
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = _f(VisionConfig(), "vision tower")
+    projector: ProjectorConfig = _f(ProjectorConfig(), "vision -> LLM projector")
+    llm: LLMConfig = _f(LLMConfig(), "language model")
+    template: str = _f("vicuna-v1", "conversation template: vicuna-v1 | llama-3 | chatml | gemma")
+    init_from: Optional[str] = _f(None, "vregion checkpoint folder whose weights initialise the model")
+    gradient_checkpointing: bool = _f(False, "recompute decoder layers in backward to save activation memory")
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class SyntheticDataConfig:
+    num_train: int = _f(0, "if > 0, generate this many synthetic image-caption samples as train shards")
+    num_eval: int = _f(0, "synthetic held-out samples")
+    image_size: int = _f(32, "side of the generated images")
+    samples_per_shard: int = _f(16, "samples per generated tar shard")
+
+
+@dataclass
+class DataConfig:
+    train_shards: Optional[str] = _f(None, "train shards: brace pattern, glob, or folder of .tar files")
+    eval_shards: Optional[str] = _f(None, "held-out shards (same forms)")
+    max_length: int = _f(2048, "max tokens per sample; truncation never cuts inside visual tokens")
+    shuffle_buffer: int = _f(1000, "seeded shuffle buffer size in samples (0 disables)")
+    num_workers: int = _f(0, "data-loader worker processes per rank")
+    synthetic: SyntheticDataConfig = _f(SyntheticDataConfig(), "generated data for smoke runs")
+
+
+# ---------------------------------------------------------------------------------------------- region
+@dataclass
+class LoraConfig:
+    r: int = _f(128, "LoRA rank")
+    alpha: int = _f(256, "LoRA alpha")
+    dropout: float = _f(0.05, "LoRA dropout")
+
+
+@dataclass
+class RegionConfig:
+    strategy: str = _f(
+        "uniform",
+        "none (projector only) | all (full fine-tuning) | uniform | bottom | top | middle | bottom-top | list",
+    )
+    count: Optional[int] = _f(None, "number of region layers (overrides fraction)")
+    fraction: float = _f(0.25, "share of decoder layers in the region when count is unset")
+    layers: Optional[list] = _f(None, "explicit 0-based layer indices (strategy: list)")
+    mode: str = _f("full", "full (all parameters of region layers) | lora (LoRA on their 7 linears)")
+    lora: LoraConfig = _f(LoraConfig(), "LoRA hyperparameters for mode: lora")
+    train_projector: bool = _f(True, "train the projector")
+    train_vision: bool = _f(False, "train the vision tower")
+    train_embeddings: bool = _f(False, "train the input embeddings")
+    train_norms: bool = _f(False, "train the LLM's norms (region layers' norms follow the region in full mode)")
+    train_lm_head: bool = _f(False, "train the output head")
+
+
+# ----------------------------------------------------------------------------------------------- optim
+@dataclass
+class OptimConfig:
+    lr: float = _f(2e-5, "peak learning rate of the LLM region (and other trainable LLM parts)")
+    projector_lr: Optional[float] = _f(None, "peak learning rate of the projector (default: lr)")
+    weight_decay: float = _f(0.0, "AdamW weight decay (never applied to norms and biases)")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    schedule: str = _f("cosine", "cosine | constant")
+    warmup_ratio: float = _f(0.03, "share of steps with linear warmup")
+    min_lr_ratio: float = _f(0.0, "cosine floor as a share of the peak")
+    grad_clip: float = _f(1.0, "max global gradient norm (0 disables)")
+
+
+# ------------------------------------------------------------------------------------------- deepspeed
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = _f(2, "ZeRO stage: 0 | 1 | 2 | 3")
+    offload_optimizer: bool = _f(False, "keep optimizer state in CPU memory (ZeRO-Offload)")
+    offload_params: bool = _f(False, "keep parameters in CPU memory (ZeRO-3 only)")
+    precision: str = _f("bf16", "bf16 | fp16 | fp32")
+    extra: dict = _f({}, "raw DeepSpeed config entries merged last (expert escape hatch)")
+
+
+# ----------------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = _f(4, "samples per rank per forward")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    max_steps: Optional[int] = _f(None, "optimizer steps in this stage (overrides epochs)")
+    epochs: float = _f(1.0, "passes over the train shards (needs the shards' index.json sample counts)")
+    save_every: int = _f(0, "checkpoint every N optimizer steps (0: only at the end)")
+    keep_checkpoints: int = _f(2, "resumable checkpoints kept (oldest deleted first)")
+    log_every: int = _f(1, "metrics.jsonl / wandb logging interval in optimizer steps")
+    eval_every: int = _f(0, "held-out loss every N steps (0: only at the end, if eval shards are set)")
+    eval_batches: int = _f(8, "held-out batches per evaluation")
+
+
+@dataclass
+class StageConfig:
+    name: str = _f("train", "stage name; also its sub-folder in the run directory")
+    region: Optional[dict] = _f(None, "overrides of the top-level region section for this stage")
+    optim: Optional[dict] = _f(None, "overrides of the top-level optim section for this stage")
+    train: Optional[dict] = _f(None, "overrides of the top-level train section for this stage")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = _f("offline", "offline | online | disabled")
+    project: str = _f("vregion", "wandb project")
+    entity: Optional[str] = _f(None, "wandb entity")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _f("runs/default", "run directory (relative paths resolve against the current directory)")
+    seed: int = _f(0, "global seed (data order, initialisation, dropout)")
+    wandb: WandbConfig = _f(WandbConfig(), "experiment tracking")
+
+
+@dataclass
+class Config:
+    run: RunConfig = _f(RunConfig(), "run directory, seed, tracking")
+    model: ModelConfig = _f(ModelConfig(), "model parts")
+    data: DataConfig = _f(DataConfig(), "shards and tokenization")
+    region: RegionConfig = _f(RegionConfig(), "which LLM layers train, and how")
+    optim: OptimConfig = _f(OptimConfig(), "optimizer and learning-rate schedule")
+    deepspeed: DeepSpeedConfig = _f(DeepSpeedConfig(), "DeepSpeed engine")
+    train: TrainConfig = _f(TrainConfig(), "steps, batch, checkpoints")
+    stages: list = _f([], "ordered stages (list of StageConfig); empty: one stage from the top-level sections")
+
+    def stage_configs(self) -> list["Config"]:
+        """One fully resolved Config per stage, each with a single stage and its overrides applied."""
+        stages = [from_dict(StageConfig, s, "stages.%d" % i) for i, s in enumerate(self.stages)]
+        if not stages:
+            stages = [StageConfig()]
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"stage names must be unique, got {names}")
+        resolved = []
+        for i, stage in enumerate(stages):
+            base = to_dict(self)
+            base["stages"] = [to_dict(stage)]
+            for section in ("region", "optim", "train"):
+                if getattr(stage, section):
+                    base[section] = _deep_merge(base[section], getattr(stage, section))
+            try:
+                resolved.append(from_dict(Config, base, ""))
+            except ConfigError as e:
+                raise ConfigError(f"stage '{stage.name}' (stages.{i}): {e}") from None
+        return resolved
+
+    @property
+    def stage_name(self) -> str:
+        return self.stages[0]["name"] if self.stages else "train"
+
+
+# ------------------------------------------------------------------------------------------- machinery
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is loose (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp in (bool, str, list, dict):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys with the list of valid ones."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            section = where or "the top level"
+            raise ConfigError(
+                f"unknown config key '{path}'{hint}; valid keys in {section}: {', '.join(valid)}"
+            )
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain nested dict of a config dataclass (YAML-serialisable)."""
+    return copy.deepcopy(dataclasses.asdict(obj)) if dataclasses.is_dataclass(obj) else copy.deepcopy(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML so numbers/bools/lists keep their type)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> None:
+    """Set a dotted key in a nested dict; list entries are addressed by index (stages.1.optim.lr)."""
+    node: Any = data
+    for k in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(k)]
+        else:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when path is None) and apply dotted overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    config = from_dict(Config, data, "")
+    config.stage_configs()  # validates every stage's overrides now, not hours into a run
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
