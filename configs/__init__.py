@@ -1,0 +1,1 @@
+"""Shipped vregion configs, installed as `vregion_configs` so `vregion train tiny` works from any folder."""

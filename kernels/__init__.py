@@ -1,0 +1,1 @@
+"""Triton kernels for vregion, installed as `vregion_kernels`; they import nothing of vregion."""

@@ -1,0 +1,88 @@
+"""`vregion` command line: parse, build, call. Every hyperparameter lives in the config, not here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vregion.config import ConfigError, load_config
+from vregion.engine.errors import RunDirectoryError
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder."""
+    path = Path(name)
+    if path.exists():
+        return path
+    import vregion_configs
+
+    shipped = Path(vregion_configs.__file__).parent / (path.stem + ".yaml")
+    if path.parent == Path(".") and shipped.exists():
+        return shipped
+    available = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+    raise ConfigError(f"config {name!r} not found (shipped configs: {', '.join(available)})")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vregion.engine.run import run_training
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    run_training(cfg, resume=args.resume)
+    return 0
+
+
+def _data_pack(args: argparse.Namespace) -> int:
+    from vregion.data import pack_llava_json
+
+    summary = pack_llava_json(args.json, args.images, args.out, samples_per_shard=args.samples_per_shard)
+    print(summary)
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from vregion.data import make_synthetic_shards
+
+    print(make_synthetic_shards(args.out, args.num, args.image_size, args.seed, args.samples_per_shard))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vregion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a config (all its stages)")
+    train.add_argument("config", help="YAML file, or a shipped config name (tiny, demo, ...)")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 region.count=8")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    train.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    train.set_defaults(func=_train)
+
+    data = sub.add_parser("data", help="build webdataset shards").add_subparsers(dest="data_command", required=True)
+    pack = data.add_parser("pack", help="LLaVA-format JSON + image folder -> tar shards + index.json")
+    pack.add_argument("json")
+    pack.add_argument("images", help="folder the JSON's image paths are relative to")
+    pack.add_argument("out")
+    pack.add_argument("--samples-per-shard", type=int, default=1000)
+    pack.set_defaults(func=_data_pack)
+    synth = data.add_parser("synth", help="generated coloured-shape shards for smoke runs")
+    synth.add_argument("out")
+    synth.add_argument("--num", type=int, default=256)
+    synth.add_argument("--image-size", type=int, default=32)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--samples-per-shard", type=int, default=64)
+    synth.set_defaults(func=_data_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, RunDirectoryError) as e:
+        print(f"vregion: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

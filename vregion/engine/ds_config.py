@@ -1,0 +1,40 @@
+"""The DeepSpeed config dict, derived from vregion's typed config (the only place that knows its schema)."""
+
+from __future__ import annotations
+
+from vregion.config import Config, _deep_merge
+
+
+def build_ds_config(cfg: Config, world_size: int) -> dict:
+    """DeepSpeed JSON for this run: batch sizes, ZeRO stage/offload, precision, clipping."""
+    ds, train = cfg.deepspeed, cfg.train
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
+    if ds.precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"deepspeed.precision must be bf16, fp16 or fp32, got {ds.precision!r}")
+    if ds.offload_params and ds.zero_stage != 3:
+        raise ValueError("deepspeed.offload_params needs zero_stage 3")
+    zero: dict = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 2:
+        zero.update(overlap_comm=False, contiguous_gradients=True, reduce_bucket_size=5e8)
+    if ds.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4)
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    config = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,  # vregion logs its own metrics
+        "wall_clock_breakdown": False,
+        # vregion builds its own AdamW over the trainable groups only (frozen weights get no state).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    return _deep_merge(config, ds.extra)

@@ -1,0 +1,40 @@
+"""Held-out loss during training, token-weighted and identical in every rank's control flow."""
+
+from __future__ import annotations
+
+import torch
+
+from vregion.engine import distributed as dist
+from vregion.engine.inputs import model_inputs
+
+
+@torch.no_grad()
+def held_out_loss(engine, data, max_batches: int, dtype: torch.dtype) -> float:
+    """Mean next-token loss over up to `max_batches` held-out batches per rank.
+
+    Under ZeRO-3 every rank must run the same number of forwards (each gathers parameters), so a rank
+    whose shard split ran out repeats its last batch with weight zero until all ranks are done.
+    """
+    was_training = engine.module.training
+    engine.eval()
+    batches = iter(data.eval_loader())
+    last = None
+    loss_sum = token_sum = 0.0
+    for _ in range(max_batches):
+        batch = next(batches, None)
+        exhausted = batch is None
+        batch = last if exhausted else batch
+        if batch is None:
+            raise RuntimeError("a rank received no held-out sample: use more eval samples than ranks")
+        out = engine(**model_inputs(batch, dist.device(), dtype))
+        if not exhausted:
+            n = float(out["num_label_tokens"])
+            loss_sum += out["loss"].item() * n
+            token_sum += n
+        last = batch
+        (done,) = dist.all_reduce_sum([1.0 if exhausted else 0.0])
+        if done == dist.world_size():
+            break
+    loss_sum, token_sum = dist.all_reduce_sum([loss_sum, token_sum])
+    engine.train(was_training)
+    return loss_sum / max(token_sum, 1.0)

@@ -1,0 +1,70 @@
+"""Connects the data pipeline to a built model: loaders for a stage and batches moved onto the device."""
+
+from __future__ import annotations
+
+import torch
+
+from vregion.config import Config
+from vregion.data import ImageProcessor, build_loader, count_samples
+from vregion.engine import distributed as dist
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_spans")
+
+
+def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """The tensors the model's forward takes, on `device`; images in the model's compute dtype."""
+    out = {}
+    for key in MODEL_KEYS:
+        value = batch[key].to(device, non_blocking=True)
+        out[key] = value.to(dtype) if value.is_floating_point() else value
+    return out
+
+
+class StageData:
+    """Train and held-out loaders of one stage, shaped by the model's vision tower and tokenizer."""
+
+    def __init__(self, cfg: Config, model, tokenizer):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        vision = model.vision
+        self.image_processor = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std)
+        self.num_image_tokens = vision.num_tokens
+        # Visual positions hold the pad id: its embedding is replaced by projected features anyway.
+        self.image_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if cfg.data.train_shards is None:
+            raise ValueError("data.train_shards is unset (or set data.synthetic.num_train for generated data)")
+
+    @property
+    def has_eval(self) -> bool:
+        return self.cfg.data.eval_shards is not None
+
+    def train_sample_count(self) -> int | None:
+        return count_samples(self.cfg.data.train_shards)
+
+    def _loader(self, shards: str, seed: int, skip_samples: int, infinite: bool, shuffle_buffer: int):
+        cfg = self.cfg
+        return build_loader(
+            shards,
+            tokenizer=self.tokenizer,
+            template=cfg.model.template,
+            image_processor=self.image_processor,
+            num_image_tokens=self.num_image_tokens,
+            image_token_id=self.image_token_id,
+            max_length=cfg.data.max_length,
+            micro_batch_size=cfg.train.micro_batch_size,
+            seed=seed,
+            rank=dist.rank(),
+            world_size=dist.world_size(),
+            num_workers=cfg.data.num_workers,
+            shuffle_buffer=shuffle_buffer,
+            skip_samples=skip_samples,
+            infinite=infinite,
+        )
+
+    def train_loader(self, skip_samples: int = 0):
+        return self._loader(
+            self.cfg.data.train_shards, self.cfg.run.seed, skip_samples, True, self.cfg.data.shuffle_buffer
+        )
+
+    def eval_loader(self):
+        return self._loader(self.cfg.data.eval_shards, 0, 0, False, 0)

@@ -1,0 +1,74 @@
+"""A whole run: the run directory, generated data if configured, then each stage in order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vregion.config import Config, save_config
+from vregion.engine import distributed as dist
+from vregion.engine.errors import RunDirectoryError
+from vregion.engine.trainer import FINAL, StageTrainer
+
+
+def _prepare_synthetic(cfg: Config, run_dir: Path) -> Config:
+    """Generate the configured synthetic shards once (rank 0) and point the data section at them."""
+    syn = cfg.data.synthetic
+    if syn.num_train <= 0:
+        return cfg
+    from vregion.data import make_synthetic_shards
+
+    train_dir, eval_dir = run_dir / "data" / "train", run_dir / "data" / "eval"
+    if dist.is_main():
+        if not (train_dir / "index.json").exists():
+            make_synthetic_shards(train_dir, syn.num_train, syn.image_size, cfg.run.seed, syn.samples_per_shard)
+        if syn.num_eval > 0 and not (eval_dir / "index.json").exists():
+            make_synthetic_shards(eval_dir, syn.num_eval, syn.image_size, cfg.run.seed + 1, syn.samples_per_shard)
+    dist.barrier()
+    cfg.data.train_shards = str(train_dir)
+    if syn.num_eval > 0:
+        cfg.data.eval_shards = str(eval_dir)
+    return cfg
+
+
+def stage_dirs(cfg: Config, run_dir: Path) -> list[tuple[Config, Path]]:
+    """(stage config, its folder): the run dir itself for a single unnamed stage, else a sub-folder each."""
+    stages = cfg.stage_configs()
+    if not cfg.stages:
+        return [(stages[0], run_dir)]
+    return [(s, run_dir / s.stage_name) for s in stages]
+
+
+def run_training(cfg: Config, resume: bool = False) -> list[dict]:
+    """Train every stage of `cfg`; with `resume`, finished stages are skipped and the current one continues."""
+    dist.init_distributed()
+    run_dir = Path(cfg.run.output_dir).expanduser().resolve()
+    cfg.run.output_dir = str(run_dir)
+    if not resume and any(
+        (d / "checkpoints").exists() or (d / FINAL).exists() for _, d in stage_dirs(cfg, run_dir)
+    ):
+        raise RunDirectoryError(
+            f"{run_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
+            "or choose another run.output_dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _prepare_synthetic(cfg, run_dir)
+    if dist.is_main():
+        save_config(cfg, run_dir / "config.yaml")
+    summaries = []
+    previous_final: Path | None = None
+    for stage_cfg, stage_dir in stage_dirs(cfg, run_dir):
+        stage_cfg.data = cfg.data
+        if previous_final is not None:
+            stage_cfg.model.init_from = str(previous_final)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if (stage_dir / FINAL / "model.safetensors").exists() and (stage_dir / "summary.json").exists():
+            if dist.is_main():
+                print(f"stage {stage_cfg.stage_name} already finished; skipping", flush=True)
+            summaries.append(json.loads((stage_dir / "summary.json").read_text()))
+        else:
+            if dist.is_main():
+                save_config(stage_cfg, stage_dir / "config.yaml")
+            summaries.append(StageTrainer(stage_cfg, stage_dir, resume=resume).run())
+        previous_final = stage_dir / FINAL
+    return summaries

@@ -1,0 +1,235 @@
+"""The training loop of one stage: build, freeze, wrap in DeepSpeed, stream batches, log, checkpoint, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vregion.config import Config, to_dict
+from vregion.engine import checkpoint
+from vregion.engine import distributed as dist
+from vregion.engine.ds_config import build_ds_config
+from vregion.engine.evaluate import held_out_loss
+from vregion.engine.inputs import StageData, model_inputs
+from vregion.engine.metrics import MetricsLogger
+from vregion.engine.optim import build_optimizer, build_scheduler
+from vregion.engine.state_dict import gather_state_dict, merge_lora_state_dict
+from vregion.models import build_vlm, save_state_dict
+from vregion.region import apply_region, build_param_groups, parameter_table
+
+FINAL = "final"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_dtype(cfg: Config) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.deepspeed.precision]
+
+
+def total_steps(cfg: Config, data: StageData, world_size: int) -> int:
+    """Optimizer steps of this stage: `train.max_steps`, else epochs over the shards' sample count."""
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    samples = data.train_sample_count()
+    if samples is None:
+        raise ValueError(
+            "train.max_steps is unset and the train shards have no index.json sample counts; "
+            "set train.max_steps or pack the shards with `vregion data pack`"
+        )
+    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+    return max(1, math.ceil(cfg.train.epochs * samples / per_step))
+
+
+def optimizer_state_numel(engine) -> int:
+    """Elements of optimizer state (exp_avg + exp_avg_sq ...) held by this rank."""
+    inner = engine.optimizer
+    while hasattr(inner, "optimizer") and not isinstance(inner, torch.optim.Optimizer):
+        inner = inner.optimizer
+    if not isinstance(inner, torch.optim.Optimizer):
+        inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    total = 0
+    for state in inner.state.values():
+        total += sum(v.numel() for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0)
+    return total
+
+
+class StageTrainer:
+    """Trains one stage of a run into `stage_dir` (metrics.jsonl, checkpoints/, final/, summary.json)."""
+
+    def __init__(self, cfg: Config, stage_dir: Path, resume: bool):
+        self.cfg = cfg
+        self.stage_dir = stage_dir
+        self.ckpt_root = stage_dir / "checkpoints"
+        self.resume = resume
+
+    # ------------------------------------------------------------------------------------------- build
+    def _build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.run.seed)
+        self.model, self.tokenizer = build_vlm(cfg.model, dtype=model_dtype(cfg))
+        self.plan = apply_region(self.model, cfg.region)
+        if dist.is_main():
+            print(parameter_table(self.model, self.plan), flush=True)
+        self.data = StageData(cfg, self.model, self.tokenizer)
+        self.total_steps = total_steps(cfg, self.data, dist.world_size())
+        groups = build_param_groups(self.model, cfg.optim)
+        self.group_names = [g.get("name", str(i)) for i, g in enumerate(groups)]
+        self.trainable_numel = sum(p.numel() for g in groups for p in g["params"])
+        optimizer = build_optimizer(groups, cfg.optim, cfg.deepspeed.offload_optimizer)
+        scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
+        import deepspeed
+
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=build_ds_config(cfg, dist.world_size()),
+        )
+
+    # ------------------------------------------------------------------------------------------ resume
+    def _restore(self) -> tuple[int, int, Counter]:
+        """(optimizer step, this rank's data position, skipped counts) to continue from."""
+        tag = checkpoint.latest_tag(self.ckpt_root)
+        if tag is None:
+            return 0, 0, Counter()
+        client, rank_state = checkpoint.load(self.engine, self.ckpt_root, tag)
+        if dist.is_main():
+            print(f"resuming {self.stage_dir.name} from {self.ckpt_root / tag}", flush=True)
+        return client["step"], rank_state["data_position"], Counter(rank_state["skipped"])
+
+    def _save(self, step: int, data_position: int, skipped: Counter) -> None:
+        checkpoint.save(
+            self.engine,
+            self.ckpt_root,
+            step,
+            client_state={"step": step, "total_steps": self.total_steps},
+            rank_state={"data_position": data_position, "skipped": dict(skipped)},
+            keep=self.cfg.train.keep_checkpoints,
+        )
+
+    # -------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict:
+        self._build()
+        step, data_position, skipped = self._restore() if self.resume else (0, 0, Counter())
+        logger = MetricsLogger(
+            self.stage_dir,
+            self.total_steps,
+            step,
+            self.cfg.run.wandb,
+            run_name=f"{Path(self.cfg.run.output_dir).name}/{self.cfg.stage_name}",
+            config=to_dict(self.cfg),
+            enabled=dist.is_main(),
+        )
+        batches = iter(self.data.train_loader(skip_samples=data_position))
+        self.engine.train()
+        accum = self.cfg.train.grad_accum
+        dtype = model_dtype(self.cfg)
+        started = time.perf_counter()
+        trained_tokens = trained_samples = 0.0
+        last_eval = None
+        while step < self.total_steps:
+            t0 = time.perf_counter()
+            loss_sum = tokens = samples = 0.0
+            for _ in range(accum):
+                batch = next(batches)
+                data_position += batch["num_samples"] + sum(batch["skipped"].values())
+                skipped.update(batch["skipped"])
+                out = self.engine(**model_inputs(batch, dist.device(), dtype))
+                self.engine.backward(out["loss"])
+                self.engine.step()
+                loss_sum += out["loss"].item()
+                tokens += float(batch["attention_mask"].sum())
+                samples += batch["num_samples"]
+            step += 1
+            elapsed = time.perf_counter() - t0
+            loss_sum, tokens, samples = dist.all_reduce_sum([loss_sum, tokens, samples])
+            loss = loss_sum / (accum * dist.world_size())
+            trained_tokens += tokens
+            trained_samples += samples
+            if step % self.cfg.train.log_every == 0 or step == self.total_steps:
+                record = self._record(step, loss, elapsed, tokens, samples, skipped)
+                logger.log(record)
+                logger.progress(step, loss, record["tokens_per_s"])
+            every = self.cfg.train.eval_every
+            if every and step % every == 0 and step < self.total_steps and self.data.has_eval:
+                last_eval = held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)
+                logger.log({"step": step, "eval_loss": last_eval})
+            save_every = self.cfg.train.save_every
+            if step == self.total_steps or (save_every and step % save_every == 0):
+                self._save(step, data_position, skipped)
+        wall = time.perf_counter() - started
+        if self.data.has_eval:
+            last_eval = held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)
+            logger.log({"step": step, "eval_loss": last_eval})
+        logger.close()
+        summary = self._finish(step, wall, trained_tokens, trained_samples, skipped, last_eval)
+        return summary
+
+    def _record(self, step: int, loss: float, elapsed: float, tokens: float, samples: float, skipped: Counter) -> dict:
+        lrs = self.scheduler.get_last_lr()
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lrs[-1],
+            "step_time_s": elapsed,
+            "tokens_per_s": tokens / elapsed,
+            "samples_per_s": samples / elapsed,
+        }
+        record.update({f"lr_{name}": lr for name, lr in zip(self.group_names, lrs)})
+        counts = _gather_counts(skipped)
+        record.update({f"skipped_{k}": v for k, v in counts.items()})
+        return record
+
+    # ------------------------------------------------------------------------------------------ finish
+    def _finish(self, step, wall, tokens, samples, skipped, eval_loss) -> dict:
+        """Write the final vregion checkpoint (LoRA merged) and summary.json."""
+        state = gather_state_dict(self.engine)
+        opt_numel = dist.all_reduce_sum([float(optimizer_state_numel(self.engine))])[0]
+        summary = {
+            "stage": self.cfg.stage_name,
+            "steps": step,
+            "world_size": dist.world_size(),
+            "region_layers": self.plan.layers,
+            "region_mode": self.plan.mode,
+            "trainable_params": self.trainable_numel,
+            "trainable_by_component": {k: len(v) for k, v in self.plan.trainable.items()},
+            "optimizer_state_numel": int(opt_numel),
+            "wall_time_s": wall,
+            "tokens_per_s": tokens / wall if wall else 0.0,
+            "samples_per_s": samples / wall if wall else 0.0,
+            "skipped": _gather_counts(skipped),
+            "eval_loss": eval_loss,
+        }
+        if dist.is_main():
+            if self.plan.mode == "lora" and self.plan.layers:
+                lora = self.cfg.region.lora
+                state = merge_lora_state_dict(state, lora.alpha / lora.r)
+            saved = to_dict(self.cfg)
+            saved["model"]["init_from"] = None  # the weights are in this checkpoint
+            save_state_dict(state, saved, self.tokenizer, self.stage_dir / FINAL)
+            (self.stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        dist.barrier()
+        return summary
+
+
+def _gather_counts(counts: Counter) -> dict:
+    """Skipped-sample counts summed over ranks (keys may differ per rank)."""
+    if not torch.distributed.is_initialized() or dist.world_size() == 1:
+        return dict(counts)
+    everyone: list = [None] * dist.world_size()
+    torch.distributed.all_gather_object(everyone, dict(counts))
+    total: Counter = Counter()
+    for c in everyone:
+        total.update(c)
+    return dict(total)

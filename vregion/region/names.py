@@ -1,0 +1,89 @@
+"""Parameter-name conventions of a VisionLanguageModel: which component a name belongs to, and its layer.
+
+The model has submodules `vision`, `projector` and `llm` (a Hugging Face causal LM whose decoder layers are
+`llm.model.layers`). Everything in vregion.region relies on these names only, never on module classes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from torch import nn
+
+COMPONENTS = ("vision", "projector", "layers", "embeddings", "norm", "lm_head", "other")
+
+# Prefixes added by wrappers (DeepSpeed engine, torch.compile, a PeftModel) that are not part of the name.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
+_LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.")
+
+
+def strip_wrappers(name: str) -> str:
+    """`module._orig_mod.llm.x` -> `llm.x`."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
+def component_of(name: str) -> str:
+    """Component of a parameter name: vision | projector | layers | embeddings | norm | lm_head | other.
+
+    `layers` is any decoder layer (`llm.model.layers.<i>.*`, LoRA weights included); `norm` is the final
+    norm `llm.model.norm`; norms inside decoder layers count as `layers`.
+    """
+    name = strip_wrappers(name)
+    if name.startswith("vision."):
+        return "vision"
+    if name.startswith("projector."):
+        return "projector"
+    if _LAYER.match(name):
+        return "layers"
+    if name.startswith("llm.model.embed_tokens."):
+        return "embeddings"
+    if name.startswith("llm.model.norm."):
+        return "norm"
+    if name.startswith("llm.lm_head."):
+        return "lm_head"
+    return "other"
+
+
+def layer_index_of(name: str) -> Optional[int]:
+    """Decoder-layer index of a parameter name, or None outside `llm.model.layers`."""
+    m = _LAYER.match(strip_wrappers(name))
+    return int(m.group(1)) if m else None
+
+
+def is_lora_param(name: str) -> bool:
+    """True for peft LoRA weights (`...q_proj.lora_A.default.weight`, `lora_B`, `lora_magnitude_vector`)."""
+    return ".lora_" in name
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norm weights and every other parameter with fewer than two dimensions skip weight decay."""
+    parts = name.split(".")
+    module = parts[-2].lower() if len(parts) > 1 else ""
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in module
+
+
+def norm_param_names(model: nn.Module) -> set[str]:
+    """Names of the parameters of every normalisation module under `model.llm` (RMSNorm, LayerNorm, ...)."""
+    names = set()
+    for mod_name, module in model.llm.named_modules(prefix="llm"):
+        if "norm" in type(module).__name__.lower():
+            names.update(f"{mod_name}.{p}" for p, _ in module.named_parameters(recurse=False))
+    return names
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """`model.llm.model.layers`, with a clear error when the model does not follow the naming."""
+    try:
+        return model.llm.model.layers
+    except AttributeError:
+        raise ValueError(
+            f"{type(model).__name__} has no `llm.model.layers`; vregion.region needs a model with "
+            "`vision`, `projector` and `llm` submodules where `llm` is a Hugging Face causal LM"
+        ) from None
