@@ -17,7 +17,8 @@ def resolve_config_path(name: str) -> Path:
         return path
     import vregion_configs
 
-    shipped = Path(vregion_configs.__file__).parent / (path.stem + ".yaml")
+    file_name = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
+    shipped = Path(vregion_configs.__file__).parent / file_name
     if path.parent == Path(".") and shipped.exists():
         return shipped
     available = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
@@ -25,9 +26,9 @@ def resolve_config_path(name: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vregion.engine.run import run_training
-
     cfg = load_config(resolve_config_path(args.config), args.overrides)
+    from vregion.engine.run import run_training  # heavy imports only once the config is valid
+
     run_training(cfg, resume=args.resume)
     return 0
 

@@ -4,7 +4,7 @@ Every field carries a help string in its metadata. Loading is strict: an unknown
 with a message naming it and the valid keys, so a typo never silently falls back to a default.
 
 A config describes one or more *stages* (e.g. projector alignment, then region tuning). The top-level
-`region`, `optim` and `train` sections are the defaults; each entry of `stages` overrides parts of them.
+`region`, `optim`, `train`, `data` and `deepspeed` sections are the defaults; each entry of `stages` overrides parts of them.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ class DeepSpeedConfig:
 @dataclass
 class TrainConfig:
     micro_batch_size: int = _f(4, "samples per rank per forward")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (derived when global_batch_size is set)")
+    global_batch_size: Optional[int] = _f(None, "samples per optimizer step over all ranks; sets grad_accum")
     max_steps: Optional[int] = _f(None, "optimizer steps in this stage (overrides epochs)")
     epochs: float = _f(1.0, "passes over the train shards (needs the shards' index.json sample counts)")
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: only at the end)")
@@ -155,6 +156,8 @@ class StageConfig:
     region: Optional[dict] = _f(None, "overrides of the top-level region section for this stage")
     optim: Optional[dict] = _f(None, "overrides of the top-level optim section for this stage")
     train: Optional[dict] = _f(None, "overrides of the top-level train section for this stage")
+    data: Optional[dict] = _f(None, "overrides of the top-level data section for this stage")
+    deepspeed: Optional[dict] = _f(None, "overrides of the top-level deepspeed section for this stage")
 
 
 @dataclass
@@ -194,7 +197,7 @@ class Config:
         for i, stage in enumerate(stages):
             base = to_dict(self)
             base["stages"] = [to_dict(stage)]
-            for section in ("region", "optim", "train"):
+            for section in ("region", "optim", "train", "data", "deepspeed"):
                 if getattr(stage, section):
                     base[section] = _deep_merge(base[section], getattr(stage, section))
             try:

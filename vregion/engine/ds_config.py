@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from vregion.config import Config, _deep_merge
+from vregion.config import Config, TrainConfig, _deep_merge
+
+
+def grad_accum_steps(train: TrainConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step: from `global_batch_size` when set, else `grad_accum`."""
+    if train.global_batch_size is None:
+        return train.grad_accum
+    per_pass = train.micro_batch_size * world_size
+    if train.global_batch_size % per_pass:
+        raise ValueError(
+            f"train.global_batch_size={train.global_batch_size} is not a multiple of "
+            f"micro_batch_size x ranks = {train.micro_batch_size} x {world_size}"
+        )
+    return train.global_batch_size // per_pass
 
 
 def build_ds_config(cfg: Config, world_size: int) -> dict:
     """DeepSpeed JSON for this run: batch sizes, ZeRO stage/offload, precision, clipping."""
     ds, train = cfg.deepspeed, cfg.train
+    accum = grad_accum_steps(train, world_size)
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
     if ds.precision not in ("bf16", "fp16", "fp32"):
@@ -25,8 +39,8 @@ def build_ds_config(cfg: Config, world_size: int) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     config = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.grad_accum,
-        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": train.micro_batch_size * accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},

@@ -58,7 +58,6 @@ def run_training(cfg: Config, resume: bool = False) -> list[dict]:
     summaries = []
     previous_final: Path | None = None
     for stage_cfg, stage_dir in stage_dirs(cfg, run_dir):
-        stage_cfg.data = cfg.data
         if previous_final is not None:
             stage_cfg.model.init_from = str(previous_final)
         stage_dir.mkdir(parents=True, exist_ok=True)

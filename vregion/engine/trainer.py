@@ -15,7 +15,7 @@ import torch
 from vregion.config import Config, to_dict
 from vregion.engine import checkpoint
 from vregion.engine import distributed as dist
-from vregion.engine.ds_config import build_ds_config
+from vregion.engine.ds_config import build_ds_config, grad_accum_steps
 from vregion.engine.evaluate import held_out_loss
 from vregion.engine.inputs import StageData, model_inputs
 from vregion.engine.metrics import MetricsLogger
@@ -47,7 +47,7 @@ def total_steps(cfg: Config, data: StageData, world_size: int) -> int:
             "train.max_steps is unset and the train shards have no index.json sample counts; "
             "set train.max_steps or pack the shards with `vregion data pack`"
         )
-    per_step = cfg.train.micro_batch_size * cfg.train.grad_accum * world_size
+    per_step = cfg.train.micro_batch_size * grad_accum_steps(cfg.train, world_size) * world_size
     return max(1, math.ceil(cfg.train.epochs * samples / per_step))
 
 
@@ -133,7 +133,7 @@ class StageTrainer:
         )
         batches = iter(self.data.train_loader(skip_samples=data_position))
         self.engine.train()
-        accum = self.cfg.train.grad_accum
+        accum = grad_accum_steps(self.cfg.train, dist.world_size())
         dtype = model_dtype(self.cfg)
         started = time.perf_counter()
         trained_tokens = trained_samples = 0.0

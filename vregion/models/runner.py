@@ -1,0 +1,205 @@
+"""Decoder runner: runs a Hugging Face causal LM's decoder layers in an explicit loop.
+
+`llm.model(...)` is a black box that builds its attention masks and rotary embeddings once for a fixed
+sequence length. Visual context compression pools visual tokens *between* layers, after which the masks
+and position embeddings must be rebuilt for the shorter sequence. The runner therefore splits the forward
+pass into `prepare` (embeddings -> state), `run_layers` (any slice of layers, with a hook before each),
+`refresh` (rebuild masks and rotary embeddings after a hook changed the sequence) and `finish` (norm,
+head, soft-capping). With no hook the logits equal the HF model's own forward (tested per family).
+
+Masks come from transformers' own builders and rotary embeddings from the model's own `rotary_emb`, so
+attention backends (sdpa, eager, flash) and sliding windows behave exactly as in Hugging Face.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+MASK_BUILDERS = {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}
+
+# transformers renamed `input_embeds` -> `inputs_embeds` and dropped `cache_position` across 5.x releases.
+_MASK_PARAMS = inspect.signature(create_causal_mask).parameters
+
+
+@dataclass
+class RunnerState:
+    """Everything the decoder layers need, kept consistent with one sequence length T.
+
+    A hook that changes T (e.g. pools visual tokens) must update hidden, attention_mask and position_ids
+    together, then call `DecoderRunner.refresh(state)` to rebuild masks and position embeddings.
+    """
+
+    hidden: torch.Tensor  # (B, T, D)
+    attention_mask: torch.Tensor  # (B, T) 1 = real token, 0 = padding
+    position_ids: torch.Tensor  # (B, T) rotary positions
+    masks: dict[str, Any] = field(default_factory=dict)  # attention type -> mask in the backend's format
+    position_embeddings: dict[str, Any] = field(default_factory=dict)  # layer type -> (cos, sin), each (B, T, hd)
+    extras: dict[str, Any] = field(default_factory=dict)  # per-token data hooks keep aligned (e.g. labels)
+
+
+Hook = Callable[[int, RunnerState], RunnerState]
+
+
+def _unwrap(llm: nn.Module) -> nn.Module:
+    """The HF *ForCausalLM under a PEFT wrapper, or llm itself."""
+    return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+
+def decoder_layers(llm: nn.Module) -> nn.ModuleList:
+    """The decoder layers of an HF causal LM (`llm.model.layers`)."""
+    return _unwrap(llm).model.layers
+
+
+def num_decoder_layers(llm: nn.Module) -> int:
+    return len(decoder_layers(llm))
+
+
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B, T) positions counting real tokens only, so left-padded rows start at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class DecoderRunner:
+    """Runs `llm`'s decoder in Python; not an nn.Module, so it adds no parameters or state-dict keys.
+
+    Args:
+        llm: an HF causal LM with `model.layers`, `model.norm`, `model.rotary_emb` and `lm_head`.
+        gradient_checkpointing: recompute each layer in backward (only while `llm.training`).
+        between_layers: optional hook `(layer_idx, state) -> state`, called before each layer runs.
+    """
+
+    def __init__(self, llm: nn.Module, gradient_checkpointing: bool = False, between_layers: Optional[Hook] = None):
+        self.llm = llm
+        self.gradient_checkpointing = gradient_checkpointing
+        self.between_layers = between_layers
+        config = self.config
+        if getattr(config, "use_bidirectional_attention", False):
+            raise NotImplementedError("bidirectional (encoder-style) attention is not supported by the runner")
+        types = getattr(config, "layer_types", None) or [FULL] * config.num_hidden_layers
+        unknown = set(types) - set(MASK_BUILDERS)
+        if unknown:
+            raise NotImplementedError(f"attention types {sorted(unknown)} not supported; known: {sorted(MASK_BUILDERS)}")
+        self.layer_types: list[str] = list(types)
+        # Older Gemma3 code took global and local rotary embeddings as two separate layer arguments.
+        self._split_rope = "position_embeddings_global" in inspect.signature(self.layers[0].forward).parameters
+
+    # -------------------------------------------------------------------------------------- structure
+    @property
+    def base(self) -> nn.Module:
+        """The decoder model (`llm.model`): embeddings, layers, final norm, rotary embedding."""
+        return _unwrap(self.llm).model
+
+    @property
+    def config(self):
+        return _unwrap(self.llm).config
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    # ---------------------------------------------------------------------------------------- phases
+    def prepare(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> RunnerState:
+        """Embeddings (B, T, D) (already scaled, as the model's embedding module returns them) -> state."""
+        B, T, _ = inputs_embeds.shape
+        if attention_mask is None:
+            attention_mask = torch.ones(B, T, dtype=torch.long, device=inputs_embeds.device)
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask)
+        state = RunnerState(hidden=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
+        return self.refresh(state)
+
+    def refresh(self, state: RunnerState) -> RunnerState:
+        """Rebuild masks and rotary embeddings from state's hidden, attention_mask and position_ids."""
+        state.masks = {t: self._build_mask(t, state) for t in sorted(set(self.layer_types))}
+        state.position_embeddings = self._rotary(state.hidden, state.position_ids)
+        return state
+
+    def run_layers(self, state: RunnerState, start: int = 0, end: Optional[int] = None) -> RunnerState:
+        """Run layers [start, end), calling the `between_layers` hook before each one."""
+        end = self.num_layers if end is None else end
+        for i in range(start, end):
+            if self.between_layers is not None:
+                state = self.between_layers(i, state)
+            state.hidden = self._run_layer(i, state)
+        return state
+
+    def finish(self, state: RunnerState) -> torch.Tensor:
+        """Final norm, output head and (Gemma) logit soft-capping: -> logits (B, T, V)."""
+        hidden = self.base.norm(state.hidden)  # (B, T, D)
+        logits = _unwrap(self.llm).lm_head(hidden)  # (B, T, V)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """prepare -> all layers -> finish: embeddings (B, T, D) -> logits (B, T, V)."""
+        return self.finish(self.run_layers(self.prepare(inputs_embeds, attention_mask, position_ids)))
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------------------------- internals
+    def _build_mask(self, attention_type: str, state: RunnerState) -> Any:
+        hidden = state.hidden
+        kwargs: dict[str, Any] = dict(
+            config=self.config,
+            attention_mask=state.attention_mask,
+            past_key_values=None,
+            position_ids=state.position_ids,
+        )
+        kwargs["inputs_embeds" if "inputs_embeds" in _MASK_PARAMS else "input_embeds"] = hidden
+        if "cache_position" in _MASK_PARAMS:
+            kwargs["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
+        return MASK_BUILDERS[attention_type](**kwargs)
+
+    def _rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict[str, Any]:
+        """(cos, sin) per layer type; Gemma3 uses a different rotary base for its sliding layers."""
+        rotary = self.base.rotary_emb
+        types = sorted(set(self.layer_types))
+        if "layer_type" in inspect.signature(rotary.forward).parameters:
+            return {t: rotary(hidden, position_ids, t) for t in types}
+        shared = rotary(hidden, position_ids)
+        out = {t: shared for t in types}
+        local = getattr(self.base, "rotary_emb_local", None)  # older transformers' Gemma3
+        if local is not None and SLIDING in out:
+            out[SLIDING] = local(hidden, position_ids)
+        return out
+
+    def _run_layer(self, i: int, state: RunnerState) -> torch.Tensor:
+        layer_type = self.layer_types[i]
+        kwargs: dict[str, Any] = dict(attention_mask=state.masks[layer_type], position_ids=state.position_ids)
+        if self._split_rope:
+            kwargs["position_embeddings_global"] = state.position_embeddings[FULL]
+            kwargs["position_embeddings_local"] = state.position_embeddings.get(SLIDING, state.position_embeddings[FULL])
+        else:
+            kwargs["position_embeddings"] = state.position_embeddings[layer_type]
+        layer = self.layers[i]
+        if self.gradient_checkpointing and self.llm.training and torch.is_grad_enabled():
+            out = checkpoint(layer, state.hidden, use_reentrant=False, **kwargs)
+        else:
+            out = layer(state.hidden, **kwargs)
+        # Older transformers returned (hidden_states, ...) tuples from decoder layers.
+        return out[0] if isinstance(out, tuple) else out  # (B, T, D)
