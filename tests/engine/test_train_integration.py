@@ -1,0 +1,144 @@
+"""Real DeepSpeed training on CPU: frozen means frozen, LoRA stays in the region, loss falls, resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.engine.launch import REPO, read_metrics, run_train, train_command, train_env, train_losses
+from vregion.config import load_config
+from vregion.engine.trainer import seed_everything
+from vregion.models import build_vlm
+from vregion.region import select_layers
+
+# One stage, region training from random init: enough steps that every trainable tensor moves.
+SINGLE_STAGE = ["stages=[]", "train.max_steps=3", "train.save_every=0", "data.synthetic.num_eval=0"]
+
+
+def initial_weights(overrides: list[str]) -> dict[str, torch.Tensor]:
+    """The weights the trainer starts from (same seed, same build order)."""
+    cfg = load_config(REPO / "configs/tiny.yaml", overrides).stage_configs()[0]
+    seed_everything(cfg.run.seed)
+    model, _ = build_vlm(cfg.model)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def region_layer_prefixes(layers: list[int]) -> tuple[str, ...]:
+    return tuple(f"llm.model.layers.{i}." for i in layers)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
+def test_frozen_parameters_bitwise_unchanged_and_without_optimizer_state(tmp_path, zero_stage):
+    overrides = SINGLE_STAGE + [f"run.output_dir={tmp_path}/run", f"deepspeed.zero_stage={zero_stage}"]
+    run_train("configs/tiny.yaml", overrides, nproc=2)
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    layers = summary["region_layers"]
+    assert layers == select_layers("uniform", 8, fraction=0.25) and len(layers) == 2
+    trained = load_file(run_dir / "final" / "model.safetensors")
+    start = initial_weights(overrides)
+    assert set(trained) == set(start)
+    trainable_prefixes = region_layer_prefixes(layers) + ("projector.",)
+    trainable_numel = 0
+    for name, before in start.items():
+        after = trained[name]
+        if name.startswith(trainable_prefixes):
+            trainable_numel += before.numel()
+            if before.dim() > 1:  # every weight matrix of the region and projector moved
+                assert not torch.equal(before, after), f"{name} did not train"
+        else:
+            assert torch.equal(before, after), f"frozen {name} changed under ZeRO-{zero_stage}"
+    assert summary["trainable_params"] == trainable_numel
+    # Adam keeps two moments per trainable element; frozen weights get none (ZeRO pads partitions a little).
+    state = summary["optimizer_state_numel"]
+    assert 2 * trainable_numel <= state <= 2 * trainable_numel + 4096, (state, trainable_numel)
+
+
+def test_lora_mode_changes_only_the_region_linears(tmp_path):
+    overrides = SINGLE_STAGE + [
+        f"run.output_dir={tmp_path}/run",
+        "region.mode=lora",
+        "region.lora.r=4",
+        "region.lora.alpha=8",
+        "region.lora.dropout=0.0",
+        "deepspeed.zero_stage=3",
+        "train.max_steps=4",
+    ]
+    run_train("configs/tiny.yaml", overrides, nproc=2)
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    layers = summary["region_layers"]
+    trained = load_file(run_dir / "final" / "model.safetensors")
+    start = initial_weights(overrides)
+    assert set(trained) == set(start), "LoRA must be merged into plain weights in the final checkpoint"
+    linears = [f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears += [f"mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj")]
+    changed = {name for name in start if not torch.equal(start[name], trained[name])}
+    expected = {f"llm.model.layers.{i}.{linear}.weight" for i in layers for linear in linears}
+    projector = {n for n in start if n.startswith("projector.")}
+    assert changed - projector == expected
+    assert projector <= changed
+
+
+def test_tiny_config_runs_from_any_directory_and_learns(tmp_path):
+    """`vregion train tiny` from an unrelated folder: both stages run, the loss falls, outputs are complete."""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    run_train("tiny", ["run.output_dir=out", "stages.1.train.max_steps=30"], cwd=workdir)
+    run_dir = workdir / "out"
+    assert (run_dir / "config.yaml").exists()
+    align, region = train_losses(run_dir / "align"), train_losses(run_dir / "region")
+    assert sorted(align) == list(range(1, 11)) and sorted(region) == list(range(1, 31))
+    first, last = align[1], min(region[s] for s in range(26, 31))
+    assert last < 0.5 * first, (first, last)
+    for stage in ("align", "region"):
+        summary = json.loads((run_dir / stage / "summary.json").read_text())
+        assert summary["eval_loss"] is not None and summary["eval_loss"] < first
+        assert (run_dir / stage / "final" / "model.safetensors").exists()
+    assert json.loads((run_dir / "align" / "summary.json").read_text())["region_layers"] == []
+    records = read_metrics(run_dir / "region")
+    assert all(r["tokens_per_s"] > 0 and r["step_time_s"] > 0 for r in records if "loss" in r)
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path):
+    """SIGKILL a 2-rank run after a checkpoint, resume it, and compare every step's loss with a clean run."""
+    common = ["stages=[]", "data.synthetic.num_eval=0", "train.max_steps=24", "train.save_every=4"]
+    clean = tmp_path / "clean"
+    run_train("configs/tiny.yaml", common + [f"run.output_dir={clean}"], nproc=2)
+
+    killed = tmp_path / "killed"
+    overrides = common + [f"run.output_dir={killed}"]
+    proc = subprocess.Popen(
+        train_command("configs/tiny.yaml", overrides, nproc=2),
+        cwd=REPO, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    marker = killed / "checkpoints" / "step-000008" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before the kill: nothing was tested"
+
+    run_train("configs/tiny.yaml", overrides, nproc=2, resume=True)
+    expected, resumed = train_losses(clean), train_losses(killed)
+    assert sorted(resumed) == list(range(1, 25))
+    for step in range(1, 25):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+
+
+def test_existing_run_directory_needs_resume(tmp_path):
+    overrides = SINGLE_STAGE + [f"run.output_dir={tmp_path}/run", "train.max_steps=1"]
+    run_train("configs/tiny.yaml", overrides)
+    with pytest.raises(AssertionError, match="pass --resume"):
+        run_train("configs/tiny.yaml", overrides)

@@ -1,0 +1,179 @@
+"""The vision-language model: vision backbone -> projector -> visual features spliced into the LLM's input.
+
+Submodule names are a contract (region selection, freezing, checkpoints and transfer rely on them):
+`vision.*`, `projector.*`, `llm.model.embed_tokens.*`, `llm.model.layers.<i>.*`, `llm.model.norm.*`,
+`llm.lm_head.*`. The decoder runs through `DecoderRunner` so later stages can act between layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vregion.config import ModelConfig
+from vregion.models.backbones import VisionBackbone, build_vision_backbone
+from vregion.models.llm import build_llm
+from vregion.models.projectors import build_projector
+from vregion.models.runner import DecoderRunner
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy, mean over label tokens != -100.
+
+    Args:
+        logits: (B, T, V), position t predicts token t + 1.
+        labels: (B, T), IGNORE_INDEX where no loss is taken.
+    Returns:
+        (loss, num_label_tokens); with no label tokens the loss is 0 but still in the graph.
+    """
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V); fp32 so bf16 logits do not lose precision in softmax
+    shift_labels = labels[:, 1:].to(logits.device)  # (B, T-1)
+    count = int((shift_labels != IGNORE_INDEX).sum())
+    total = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return total / max(count, 1), count
+
+
+class VisionLanguageModel(nn.Module):
+    """LLaVA-style VLM. `runner` is a plain attribute (not a submodule), so it adds no state-dict keys."""
+
+    def __init__(self, vision: VisionBackbone, projector: nn.Module, llm: nn.Module, gradient_checkpointing: bool = False):
+        super().__init__()
+        self.vision = vision
+        self.projector = projector
+        self.llm = llm
+        self.runner = DecoderRunner(llm, gradient_checkpointing=gradient_checkpointing)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Visual tokens per image, i.e. the length every image span must have."""
+        return self.vision.num_tokens
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values (M, 3, H, W) -> projected features (M, N, D) in the LLM's embedding dtype."""
+        features = self.projector(self.vision(pixel_values))  # (M, N, D)
+        return features.to(self.llm.get_input_embeddings().weight.dtype)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_spans: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Token embeddings (B, T, D) with each image's features written over its placeholder span.
+
+        Args:
+            input_ids: (B, T); visual positions hold any placeholder id (their embeddings are replaced).
+            pixel_values: (M, 3, H, W) or None for a pure-text batch.
+            image_spans: (M, 3) long rows [sample_index, start, length]; sample_index -1 marks a dummy
+                image (added by collate to text-only batches so the vision tower runs on every rank).
+        """
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, D), Gemma's scaling included
+        if pixel_values is None:
+            return embeds
+        features = self.encode_images(pixel_values)  # (M, N, D)
+        M, N, D = features.shape
+        if image_spans is None or image_spans.shape != (M, 3):
+            raise ValueError(f"image_spans must be ({M}, 3) rows [sample, start, length] for {M} images")
+        spans = image_spans.to(device=embeds.device, dtype=torch.long)
+        real = spans[:, 0] >= 0
+        if bool(real.any()):
+            rows = spans[real]  # (R, 3)
+            if bool((rows[:, 2] != N).any()):
+                raise ValueError(f"every image span must be {N} tokens long, got lengths {rows[:, 2].tolist()}")
+            positions = rows[:, 1:2] + torch.arange(N, device=embeds.device)  # (R, N)
+            if bool((rows[:, 1] < 0).any()) or int(positions.max()) >= embeds.shape[1]:
+                raise ValueError(f"image span outside the sequence of length {embeds.shape[1]}: {rows.tolist()}")
+            samples = rows[:, 0:1].expand(-1, N)  # (R, N)
+            # Out-of-place so autograd sees features flowing into the embeddings.
+            embeds = embeds.index_put((samples.reshape(-1), positions.reshape(-1)), features[real].reshape(-1, D))
+        # Dummy images (and every image, harmlessly) join the graph: projector and vision then get zero
+        # gradients instead of None, so ZeRO's gradient hooks fire identically on every rank.
+        return embeds + 0.0 * features.sum()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_spans: Optional[torch.Tensor] = None,
+        **ignored: Any,
+    ) -> dict[str, Any]:
+        """Returns dict(loss=scalar or None, logits=(B, T', V), num_label_tokens=int).
+
+        T' == T unless a `runner.between_layers` hook shortened the sequence; such a hook must keep
+        `state.extras["labels"]` aligned, and the loss uses the labels it leaves there.
+        """
+        embeds = self.embed(input_ids, pixel_values, image_spans)  # (B, T, D)
+        state = self.runner.prepare(embeds, attention_mask)
+        state.extras.update(labels=labels, image_spans=image_spans)
+        state = self.runner.run_layers(state)
+        logits = self.runner.finish(state)  # (B, T', V)
+        loss, count = None, 0
+        labels = state.extras["labels"]
+        if labels is not None:
+            loss, count = causal_lm_loss(logits, labels)
+        return dict(loss=loss, logits=logits, num_label_tokens=count)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_spans: Optional[torch.Tensor] = None,
+        max_new_tokens: int = 32,
+        eos_token_id: Optional[int] = None,
+        pad_token_id: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Greedy decoding from left-padded prompts with the LLM's KV cache.
+
+        Returns:
+            (B, <= max_new_tokens) new token ids only; rows that stopped early are filled with pad_token_id.
+        """
+        embeds = self.embed(input_ids, pixel_values, image_spans)  # (B, T, D)
+        if pad_token_id is None:
+            pad_token_id = eos_token_id if eos_token_id is not None else 0
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+        # Decoder-only generate from embeddings alone returns just the new tokens; older versions may
+        # prepend the (empty) prompt ids, so keep only the tail defensively.
+        return out[:, -min(out.shape[1], max_new_tokens) :] if out.shape[1] > max_new_tokens else out
+
+
+def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> tuple[VisionLanguageModel, Any]:
+    """Build vision tower, LLM and projector (in that order, so random init depends only on the seed).
+
+    Args:
+        cfg: the model section of the run config; `init_from` loads a vregion checkpoint's weights.
+        dtype: parameter dtype of every part.
+    Returns:
+        (model, tokenizer).
+    """
+    vision = build_vision_backbone(cfg.vision).to(dtype)
+    llm, tokenizer = build_llm(cfg.llm, dtype)
+    llm_dim = llm.get_input_embeddings().embedding_dim
+    projector = build_projector(cfg.projector, vision.hidden_size, llm_dim).to(dtype)
+    model = VisionLanguageModel(vision, projector, llm, gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.init_from:
+        from vregion.models.checkpoint import load_weights  # checkpoint imports this module
+
+        load_weights(model, cfg.init_from, strict=True)
+    return model, tokenizer
