@@ -129,10 +129,10 @@ def _split_turns(conversations) -> tuple[str | None, list[tuple[str, str | None]
     return system, pairs
 
 
-def _render(tpl: ChatTemplate, system: str | None, pairs) -> list[tuple[str, bool]]:
-    """The conversation as (text, supervised) pieces; IMAGE_TAG pieces stand for visual spans."""
+def _render(tpl: ChatTemplate, system: str | None, pairs) -> list[tuple[str, str]]:
+    """The conversation as (kind, text) pieces; kind is prompt | image | answer | end."""
     system = system if system is not None else tpl.default_system
-    pieces: list[tuple[str, bool]] = []
+    pieces: list[tuple[str, str]] = []
     prompt = ""
     if system and tpl.system_in_user:
         first_q, first_a = pairs[0]
@@ -143,18 +143,15 @@ def _render(tpl: ChatTemplate, system: str | None, pairs) -> list[tuple[str, boo
         prompt += tpl.user_fmt.replace("{content}", question) + tpl.assistant_header
         if answer is None:
             break
-        pieces.append((prompt, False))
-        pieces += [(tpl.answer_prefix + answer, True), (tpl.end, True)]
+        for j, part in enumerate(prompt.split(IMAGE_TAG)):  # each tag becomes its own piece
+            pieces += [("image", IMAGE_TAG)] if j else []
+            pieces.append(("prompt", part))
+        pieces += [("answer", tpl.answer_prefix + answer), ("end", tpl.end)]
         prompt = tpl.turn_sep
-    pieces.append((prompt, False))
-    out = []
-    for text, supervised in pieces:  # split prompts at <image> so each tag becomes its own piece
-        parts = text.split(IMAGE_TAG)
-        for j, part in enumerate(parts):
-            if j:
-                out.append((IMAGE_TAG, False))
-            out.append((part, supervised))
-    return [(t, s) for t, s in out if t]
+    for j, part in enumerate(prompt.split(IMAGE_TAG)):  # trailing separator or an unanswered question
+        pieces += [("image", IMAGE_TAG)] if j else []
+        pieces.append(("prompt", part))
+    return [(kind, text) for kind, text in pieces if text]
 
 
 def _adds_prefix_space(tokenizer) -> bool:
@@ -207,18 +204,18 @@ def tokenize_conversation(
     if tpl.bos:
         input_ids.append(_single_token(tokenizer, tpl.bos, tpl))
         labels.append(IGNORE_INDEX)
-    for text, supervised in _render(tpl, system, pairs):
-        if text == IMAGE_TAG:
+    for kind, text in _render(tpl, system, pairs):
+        if kind == "image":
             image_starts.append(len(input_ids))
             input_ids += [image_token_id] * num_image_tokens
             labels += [IGNORE_INDEX] * num_image_tokens
             continue
-        if text == tpl.end:
+        if kind == "end":
             ids = [_single_token(tokenizer, text, tpl)]
         else:
             ids = tokenizer.encode(text[1:] if strip_space and text[0] == " " else text, add_special_tokens=False)
         input_ids += ids
-        labels += ids if supervised else [IGNORE_INDEX] * len(ids)
+        labels += ids if kind in ("answer", "end") else [IGNORE_INDEX] * len(ids)
         text_ids += ids
         rendered += text
     decoded = tokenizer.decode(text_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

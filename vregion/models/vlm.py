@@ -153,9 +153,8 @@ class VisionLanguageModel(nn.Module):
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
         )
-        # Decoder-only generate from embeddings alone returns just the new tokens; older versions may
-        # prepend the (empty) prompt ids, so keep only the tail defensively.
-        return out[:, -min(out.shape[1], max_new_tokens) :] if out.shape[1] > max_new_tokens else out
+        # Generating from embeddings alone, HF starts from empty input_ids, so `out` holds only new tokens.
+        return out
 
 
 def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> tuple[VisionLanguageModel, Any]:
