@@ -5,6 +5,7 @@ from __future__ import annotations
 # Reason keys reported in a batch's `skipped` dict. A trainer sums them across ranks; they are stable names.
 MALFORMED = "malformed"  # conversation structure or JSON member unusable
 MISSING_JSON = "missing_json"  # tar sample without its .json member (e.g. a partially written sample)
+INCOMPLETE_SAMPLE = "incomplete_sample"  # image members missing from the tar (num_images says more)
 IMAGE_COUNT_MISMATCH = "image_count_mismatch"  # <image> tags != images stored with the sample
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"  # nothing for the loss (no assistant answer)
 TRUNCATED_NO_SUPERVISION = "truncated_no_supervision"  # max_length cut away every supervised token

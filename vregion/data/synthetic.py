@@ -74,4 +74,4 @@ def make_synthetic_shards(
     """
     rng = random.Random(f"vregion-synthetic-{seed}")
     samples = (synthetic_sample(i, image_size, rng) for i in range(num_samples))
-    return write_shards(samples, out_dir, samples_per_shard)
+    return write_shards(samples, out_dir, samples_per_shard, total=num_samples)

@@ -143,15 +143,20 @@ def _render(tpl: ChatTemplate, system: str | None, pairs) -> list[tuple[str, str
         prompt += tpl.user_fmt.replace("{content}", question) + tpl.assistant_header
         if answer is None:
             break
-        for j, part in enumerate(prompt.split(IMAGE_TAG)):  # each tag becomes its own piece
-            pieces += [("image", IMAGE_TAG)] if j else []
-            pieces.append(("prompt", part))
+        pieces += _prompt_pieces(prompt)
         pieces += [("answer", tpl.answer_prefix + answer), ("end", tpl.end)]
         prompt = tpl.turn_sep
-    for j, part in enumerate(prompt.split(IMAGE_TAG)):  # trailing separator or an unanswered question
+    pieces += _prompt_pieces(prompt)  # the trailing separator, or an unanswered last question
+    return [(kind, text) for kind, text in pieces if text]
+
+
+def _prompt_pieces(prompt: str) -> list[tuple[str, str]]:
+    """Prompt text split at each <image>, the tag becoming its own piece."""
+    pieces = []
+    for j, part in enumerate(prompt.split(IMAGE_TAG)):
         pieces += [("image", IMAGE_TAG)] if j else []
         pieces.append(("prompt", part))
-    return [(kind, text) for kind, text in pieces if text]
+    return pieces
 
 
 def _adds_prefix_space(tokenizer) -> bool:

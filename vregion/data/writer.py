@@ -40,7 +40,13 @@ def _safe_key(sample_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", sample_id) or "sample"
 
 
-def write_shards(samples: Iterable[dict], out_dir: str | Path, samples_per_shard: int, prefix: str = "shard") -> dict:
+def write_shards(
+    samples: Iterable[dict],
+    out_dir: str | Path,
+    samples_per_shard: int,
+    prefix: str = "shard",
+    total: int | None = None,
+) -> dict:
     """Write samples to `out_dir/{prefix}-000000.tar`, ... and `out_dir/index.json`.
 
     Args:
@@ -48,6 +54,7 @@ def write_shards(samples: Iterable[dict], out_dir: str | Path, samples_per_shard
             an optional "image_exts": [str, ...] gives the images' original extensions, otherwise they
             are read from the bytes' magic numbers.
         samples_per_shard: samples per tar file.
+        total: number of samples, for the progress bar when `samples` has no len().
 
     Returns:
         The index: {"shards": [{"name": "shard-000000.tar", "samples": n}, ...], "total": N}.
@@ -58,7 +65,7 @@ def write_shards(samples: Iterable[dict], out_dir: str | Path, samples_per_shard
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     seen: set[str] = set()
-    total = None if not hasattr(samples, "__len__") else len(samples)
+    total = len(samples) if total is None and hasattr(samples, "__len__") else total
     pattern = str(out_dir / f"{prefix}-%06d.tar")
     # mtime fixed so the same samples give byte-identical shards
     with wds.ShardWriter(pattern, maxcount=samples_per_shard, verbose=0, encoder=False, mtime=0) as writer:
@@ -105,7 +112,8 @@ def pack_llava_json(
     if not isinstance(entries, list):
         raise ValueError(f"{json_path}: expected a JSON list of samples")
     stats = {"missing_images": 0, "skipped_missing": 0, "skipped_malformed": 0, "missing_examples": []}
-    index = write_shards(_llava_samples(entries, Path(image_folder), stats), out_dir, samples_per_shard)
+    samples = _llava_samples(entries, Path(image_folder), stats)
+    index = write_shards(samples, out_dir, samples_per_shard, total=len(entries))
     summary = {"entries": len(entries), "written": index["total"], **stats, "shards": index["shards"]}
     summary["out_dir"] = str(out_dir)
     if stats["missing_images"]:

@@ -1,4 +1,4 @@
-"""Vision backbone registry: kebab-case ids -> builders of frozen-by-default image encoders.
+"""Vision backbone registry: kebab-case ids -> builders of image encoders.
 
 A backbone turns images into a sequence of patch features that the projector maps into the LLM's
 embedding space. Every backbone exposes the same small interface (`VisionBackbone`), so the VLM and the

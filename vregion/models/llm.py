@@ -6,6 +6,7 @@ and its tokenizer, so the rest of vregion never cares where the weights came fro
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -97,6 +98,18 @@ def _gguf_cache_folder(gguf_path: Path, cache_dir: str | None) -> Path:
     return root / f"{gguf_path.stem}-{stat.st_size}-{stamp}"
 
 
+def _plain_copy(loaded: PreTrainedModel) -> PreTrainedModel:
+    """The GGUF-loaded model as an ordinary one: newer transformers mark GGUF loads as quantized, and
+    refuse to save_pretrained them, so copy the dequantised weights into a fresh model of the same config."""
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    model.generation_config = loaded.generation_config
+    return model
+
+
 def export_gguf(gguf_path: str | Path, cache_dir: str | None = None) -> Path:
     """Convert a GGUF file to a plain HF folder once (slow: dequantisation) and return that folder.
 
@@ -109,8 +122,9 @@ def export_gguf(gguf_path: str | Path, cache_dir: str | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # fp32 keeps the dequantised values exact; the requested dtype is applied when loading the export.
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = _plain_copy(loaded)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(tmp)

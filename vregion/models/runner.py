@@ -84,12 +84,23 @@ class DecoderRunner:
         config = self.config
         if getattr(config, "use_bidirectional_attention", False):
             raise NotImplementedError("bidirectional (encoder-style) attention is not supported by the runner")
-        types = getattr(config, "layer_types", None) or [FULL] * config.num_hidden_layers
+        types = getattr(config, "layer_types", None)
+        if not types:
+            # No per-layer types (Llama, Mistral): Mistral-style configs window every layer when set.
+            uniform = SLIDING if getattr(config, "sliding_window", None) is not None else FULL
+            types = [uniform] * config.num_hidden_layers
         unknown = set(types) - set(MASK_BUILDERS)
         if unknown:
-            raise NotImplementedError(f"attention types {sorted(unknown)} not supported; known: {sorted(MASK_BUILDERS)}")
+            raise NotImplementedError(
+                f"attention types {sorted(unknown)} not supported; known: {sorted(MASK_BUILDERS)}"
+            )
         self.layer_types: list[str] = list(types)
-        # Older Gemma3 code took global and local rotary embeddings as two separate layer arguments.
+        if len(self.layer_types) != self.num_layers:
+            # e.g. layers pruned without updating config.layer_types: masks would go to the wrong layers.
+            raise ValueError(f"config has {len(self.layer_types)} layer types but the model has {self.num_layers} layers")
+        # Gemma3's rotary module takes the layer type (one base per type); older Gemma3 code instead had a
+        # second `rotary_emb_local` and took global and local embeddings as two separate layer arguments.
+        self._rotary_per_type = "layer_type" in inspect.signature(self.base.rotary_emb.forward).parameters
         self._split_rope = "position_embeddings_global" in inspect.signature(self.layers[0].forward).parameters
 
     # -------------------------------------------------------------------------------------- structure
@@ -159,7 +170,8 @@ class DecoderRunner:
         """prepare -> all layers -> finish: embeddings (B, T, D) -> logits (B, T, V)."""
         return self.finish(self.run_layers(self.prepare(inputs_embeds, attention_mask, position_ids)))
 
-    __call__ = forward
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.forward(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------- internals
     def _build_mask(self, attention_type: str, state: RunnerState) -> Any:
@@ -179,7 +191,7 @@ class DecoderRunner:
         """(cos, sin) per layer type; Gemma3 uses a different rotary base for its sliding layers."""
         rotary = self.base.rotary_emb
         types = sorted(set(self.layer_types))
-        if "layer_type" in inspect.signature(rotary.forward).parameters:
+        if self._rotary_per_type:
             return {t: rotary(hidden, position_ids, t) for t in types}
         shared = rotary(hidden, position_ids)
         out = {t: shared for t in types}
@@ -193,7 +205,8 @@ class DecoderRunner:
         kwargs: dict[str, Any] = dict(attention_mask=state.masks[layer_type], position_ids=state.position_ids)
         if self._split_rope:
             kwargs["position_embeddings_global"] = state.position_embeddings[FULL]
-            kwargs["position_embeddings_local"] = state.position_embeddings.get(SLIDING, state.position_embeddings[FULL])
+            local = state.position_embeddings.get(SLIDING, state.position_embeddings[FULL])
+            kwargs["position_embeddings_local"] = local
         else:
             kwargs["position_embeddings"] = state.position_embeddings[layer_type]
         layer = self.layers[i]

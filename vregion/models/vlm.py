@@ -46,7 +46,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 class VisionLanguageModel(nn.Module):
     """LLaVA-style VLM. `runner` is a plain attribute (not a submodule), so it adds no state-dict keys."""
 
-    def __init__(self, vision: VisionBackbone, projector: nn.Module, llm: nn.Module, gradient_checkpointing: bool = False):
+    def __init__(
+        self, vision: VisionBackbone, projector: nn.Module, llm: nn.Module, gradient_checkpointing: bool = False
+    ):
         super().__init__()
         self.vision = vision
         self.projector = projector

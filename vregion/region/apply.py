@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from vregion.config import RegionConfig
-from vregion.region.lora import inject_lora, lora_layers, lora_module_names
+from vregion.region.lora import ADAPTER_NAME, inject_lora, lora_layers, lora_module_names
 from vregion.region.names import (
     component_of,
     decoder_layers,
@@ -132,16 +132,16 @@ def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
         raise ValueError(f"unknown region mode {cfg.mode!r}; valid modes: {', '.join(MODES)}")
     num_layers = len(decoder_layers(model))
     layers = select_layers(cfg.strategy, num_layers, cfg.count, cfg.fraction, cfg.layers)
-    for p in model.parameters():
-        p.requires_grad_(False)
-
     existing = lora_layers(model)
     if existing:
         # A second stage in the same process: reuse matching adapters, refuse to mix regions silently.
-        if cfg.mode != "lora" or existing != layers:
+        old = getattr(model.llm, "peft_config", {}).get(ADAPTER_NAME)
+        same_rank = old is None or (old.r, old.lora_alpha) == (cfg.lora.r, cfg.lora.alpha)
+        if cfg.mode != "lora" or existing != layers or not same_rank:
             raise ValueError(
                 f"the model already has LoRA adapters on layers {existing}; call merge_lora(model) before "
-                f"applying a {cfg.mode} region on layers {layers}"
+                f"applying a {cfg.mode} region on layers {layers} "
+                f"(LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha})"
             )
         log.info("reusing the LoRA adapters already on layers %s", existing)
     elif cfg.mode == "lora" and layers:
@@ -151,7 +151,7 @@ def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
     names = trainable_names(model, cfg, layers)
     if not names:
         raise ValueError(f"region config trains nothing (strategy {cfg.strategy!r}, all train_* flags off)")
-    set_trainable(model, names)
+    set_trainable(model, names)  # freezes everything else
 
     plan = RegionPlan(
         strategy=cfg.strategy,

@@ -54,6 +54,9 @@ def inject_lora(model: nn.Module, layers: Sequence[int], cfg: LoraConfig) -> lis
     )
     inject_adapter_in_model(peft_cfg, model.llm, adapter_name=ADAPTER_NAME)
     wrapped = lora_module_names(model)
+    for name in wrapped:
+        # New modules (LoRA dropout) start in train mode; follow the model so eval() stays deterministic.
+        model.get_submodule(name).train(model.llm.training)
     expected = len(layers) * len(LORA_TARGETS)
     if len(wrapped) != expected:
         raise ValueError(

@@ -62,20 +62,21 @@ def is_lora_param(name: str) -> bool:
     return ".lora_" in name
 
 
+def is_norm_param(name: str) -> bool:
+    """True when the owning module's name mentions norm (input_layernorm, q_norm, model.norm, ...)."""
+    parts = name.split(".")
+    return len(parts) > 1 and "norm" in parts[-2].lower()
+
+
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
     """Biases, norm weights and every other parameter with fewer than two dimensions skip weight decay."""
-    parts = name.split(".")
-    module = parts[-2].lower() if len(parts) > 1 else ""
-    return param.ndim < 2 or name.endswith(".bias") or "norm" in module
+    return param.ndim < 2 or name.endswith(".bias") or is_norm_param(name)
 
 
 def norm_param_names(model: nn.Module) -> set[str]:
-    """Names of the parameters of every normalisation module under `model.llm` (RMSNorm, LayerNorm, ...)."""
-    names = set()
-    for mod_name, module in model.llm.named_modules(prefix="llm"):
-        if "norm" in type(module).__name__.lower():
-            names.update(f"{mod_name}.{p}" for p, _ in module.named_parameters(recurse=False))
-    return names
+    """Names of every normalisation parameter of the LLM (all decoder layers' norms and the final norm)."""
+    names = (n for n, _ in model.named_parameters())
+    return {n for n in names if strip_wrappers(n).startswith("llm.") and is_norm_param(n)}
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -72,7 +72,7 @@ def resolve_count(num_layers: int, count: Optional[int] = None, fraction: Option
         if isinstance(count, bool) or not isinstance(count, int):
             raise ValueError(f"region count must be an integer, got {count!r}")
         if not 1 <= count <= num_layers:
-            raise ValueError(f"region count must be in [1, {num_layers}] for {num_layers} layers, got {count}")
+            raise ValueError(f"region count must be in [1, {num_layers}], got {count}")
         return count
     if fraction is None:
         raise ValueError("set a region count or fraction")
