@@ -50,13 +50,14 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vregion", description=__doc__)
+    # The deepspeed launcher passes --local_rank before the sub-command; LOCAL_RANK in the env is what is used.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a config (all its stages)")
     train.add_argument("config", help="YAML file, or a shipped config name (tiny, demo, ...)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 region.count=8")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    train.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     train.set_defaults(func=_train)
 
     data = sub.add_parser("data", help="build webdataset shards").add_subparsers(dest="data_command", required=True)

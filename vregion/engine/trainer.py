@@ -22,7 +22,7 @@ from vregion.engine.metrics import MetricsLogger
 from vregion.engine.optim import build_optimizer, build_scheduler
 from vregion.engine.state_dict import gather_state_dict, merge_lora_state_dict
 from vregion.models import build_vlm, save_state_dict
-from vregion.region import apply_region, build_param_groups, parameter_table
+from vregion.region import apply_region, build_param_groups, parameter_counts, parameter_table
 
 FINAL = "final"
 
@@ -79,6 +79,7 @@ class StageTrainer:
         seed_everything(cfg.run.seed)
         self.model, self.tokenizer = build_vlm(cfg.model, dtype=model_dtype(cfg))
         self.plan = apply_region(self.model, cfg.region)
+        self.param_counts = parameter_counts(self.model, self.plan)
         if dist.is_main():
             print(parameter_table(self.model, self.plan), flush=True)
         self.data = StageData(cfg, self.model, self.tokenizer)
@@ -203,7 +204,7 @@ class StageTrainer:
             "region_layers": self.plan.layers,
             "region_mode": self.plan.mode,
             "trainable_params": self.trainable_numel,
-            "trainable_by_component": {k: len(v) for k, v in self.plan.trainable.items()},
+            "params_by_component": self.param_counts,
             "optimizer_state_numel": int(opt_numel),
             "wall_time_s": wall,
             "tokens_per_s": tokens / wall if wall else 0.0,

