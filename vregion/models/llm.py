@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -19,7 +20,6 @@ from transformers import (
     AutoTokenizer,
     Gemma3TextConfig,
     LlamaConfig,
-    PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
 )
@@ -47,7 +47,7 @@ TINY_LLM_DEFAULTS = dict(
 )
 
 
-def _tiny_gemma3_config(overrides: dict) -> PretrainedConfig:
+def _tiny_gemma3_config(overrides: dict) -> Gemma3TextConfig:
     """Gemma3 text config whose sliding window (4) is shorter than test sequences, so both layer kinds differ."""
     params = TINY_LLM_DEFAULTS | dict(num_hidden_layers=4, head_dim=16, query_pre_attn_scalar=16, sliding_window=4)
     params |= overrides
@@ -66,7 +66,9 @@ TINY_FAMILIES = {
 }
 
 
-def build_tiny_llm(tiny: dict, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+def build_tiny_llm(
+    tiny: dict, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, Any]:
     """A random-weight LM of `tiny['family']` with the byte tokenizer; weights depend only on torch's seed."""
     overrides = dict(tiny)
     family = overrides.pop("family", "llama")
@@ -160,7 +162,7 @@ def _resolve_source(cfg: LLMConfig) -> tuple[str, dict]:
     return path, ({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {})
 
 
-def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object]:
+def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
     """Build the causal LM and tokenizer described by cfg.
 
     Args:
