@@ -41,11 +41,14 @@ def test_lite0_gives_49_tokens_of_1280_at_224(lite0):
     torch.testing.assert_close(tokens[:, 1 * 7 + 2], fmap[:, :, 1, 2])  # row-major: token r * 7 + c
 
 
-def test_smaller_images_give_fewer_tokens():
+def test_smaller_images_give_fewer_tokens_in_cpu_chunks():
     backbone = build_efficientnet_lite0(VisionConfig(type="efficientnet-lite0", image_size=128))
+    x = torch.randn(6, 3, 128, 128, generator=torch.Generator().manual_seed(0))  # chunks of 4 and 2
     with torch.no_grad():
-        tokens = backbone(torch.zeros(1, 3, 128, 128))
-    assert backbone.num_tokens == 16 and tokens.shape == (1, 16, 1280)
+        tokens = backbone(x)
+        whole = backbone.model.extract_features(x)  # (6, 1280, 4, 4) in one call
+    assert backbone.num_tokens == 16 and tokens.shape == (6, 16, 1280)
+    torch.testing.assert_close(tokens, whole.flatten(2).transpose(1, 2))
 
 
 def test_packaged_imagenet_weights_are_loaded(lite0):

@@ -161,6 +161,17 @@ class StageConfig:
 
 
 @dataclass
+class EvalConfig:
+    vqa_shards: Optional[str] = _f(None, "short-answer VQA shards scored by generation exact match")
+    caption_shards: Optional[str] = _f(None, "caption shards scored by held-out loss")
+    before_after: bool = _f(False, "evaluate the starting model and the final one, and print both")
+    max_samples: int = _f(200, "samples per evaluation set")
+    batch_size: int = _f(16, "evaluation batch size")
+    max_new_tokens: int = _f(16, "generation budget per answer")
+    num_examples: int = _f(4, "example answers printed per evaluation")
+
+
+@dataclass
 class WandbConfig:
     mode: str = _f("offline", "offline | online | disabled")
     project: str = _f("vregion", "wandb project")
@@ -183,6 +194,7 @@ class Config:
     optim: OptimConfig = _f(OptimConfig(), "optimizer and learning-rate schedule")
     deepspeed: DeepSpeedConfig = _f(DeepSpeedConfig(), "DeepSpeed engine")
     train: TrainConfig = _f(TrainConfig(), "steps, batch, checkpoints")
+    eval: EvalConfig = _f(EvalConfig(), "held-out evaluation before and after the run")
     stages: list = _f([], "ordered stages (list of StageConfig); empty: one stage from the top-level sections")
 
     def stage_configs(self) -> list["Config"]:

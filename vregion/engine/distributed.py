@@ -15,7 +15,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(timeout_s: int = 600) -> None:
+def init_distributed(timeout_s: int = 1800) -> None:
     """Initialise torch.distributed through DeepSpeed.
 
     Without a GPU, DeepSpeed must be told to use its CPU accelerator (gloo) before it is imported.

@@ -28,7 +28,34 @@ def _prepare_synthetic(cfg: Config, run_dir: Path) -> Config:
     cfg.data.train_shards = str(train_dir)
     if syn.num_eval > 0:
         cfg.data.eval_shards = str(eval_dir)
+        cfg.eval.vqa_shards = cfg.eval.vqa_shards or str(eval_dir)  # colour questions: short answers
     return cfg
+
+
+def _evaluate(cfg: Config, out_file: Path, checkpoint: Path | None) -> dict | None:
+    """Evaluate the starting model (checkpoint None) or a final checkpoint on rank 0, once per run."""
+    result = None
+    if dist.is_main():
+        if out_file.exists():
+            result = json.loads(out_file.read_text())
+        else:
+            import torch
+
+            from vregion.engine.trainer import seed_everything
+            from vregion.eval import evaluate_model
+            from vregion.models import build_vlm, load_checkpoint
+
+            if checkpoint is None:
+                seed_everything(cfg.run.seed)  # the same initial weights the first stage starts from
+                model, tokenizer = build_vlm(cfg.model)
+            else:
+                model, tokenizer, _ = load_checkpoint(checkpoint)
+            print(f"evaluating {'the starting model' if checkpoint is None else checkpoint} ...", flush=True)
+            with torch.inference_mode():
+                result = evaluate_model(model, tokenizer, cfg.eval, cfg.model.template, cfg.data.max_length)
+            out_file.write_text(json.dumps(result, indent=2))
+    dist.barrier()
+    return result
 
 
 def stage_dirs(cfg: Config, run_dir: Path) -> list[tuple[Config, Path]]:
@@ -55,9 +82,11 @@ def run_training(cfg: Config, resume: bool = False) -> list[dict]:
     cfg = _prepare_synthetic(cfg, run_dir)
     if dist.is_main():
         save_config(cfg, run_dir / "config.yaml")
+    stages = stage_dirs(cfg, run_dir)
+    before = _evaluate(stages[0][0], run_dir / "eval_before.json", None) if cfg.eval.before_after else None
     summaries = []
     previous_final: Path | None = None
-    for stage_cfg, stage_dir in stage_dirs(cfg, run_dir):
+    for stage_cfg, stage_dir in stages:
         if previous_final is not None:
             stage_cfg.model.init_from = str(previous_final)
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -70,4 +99,10 @@ def run_training(cfg: Config, resume: bool = False) -> list[dict]:
                 save_config(stage_cfg, stage_dir / "config.yaml")
             summaries.append(StageTrainer(stage_cfg, stage_dir, resume=resume).run())
         previous_final = stage_dir / FINAL
+    if cfg.eval.before_after:
+        after = _evaluate(stages[-1][0], run_dir / "eval_after.json", previous_final)
+        if dist.is_main():
+            from vregion.eval import format_report
+
+            print(format_report(before, after), flush=True)
     return summaries

