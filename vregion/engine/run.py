@@ -11,7 +11,7 @@ from vregion.engine.errors import RunDirectoryError
 from vregion.engine.trainer import FINAL, StageTrainer
 
 
-def _prepare_synthetic(cfg: Config, run_dir: Path) -> Config:
+def prepare_data(cfg: Config, run_dir: Path) -> Config:
     """Generate the configured synthetic shards once (rank 0) and point the data section at them."""
     syn = cfg.data.synthetic
     if syn.num_train <= 0:
@@ -79,7 +79,7 @@ def run_training(cfg: Config, resume: bool = False) -> list[dict]:
             "or choose another run.output_dir"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = _prepare_synthetic(cfg, run_dir)
+    cfg = prepare_data(cfg, run_dir)
     if dist.is_main():
         save_config(cfg, run_dir / "config.yaml")
     stages = stage_dirs(cfg, run_dir)
