@@ -124,47 +124,18 @@ def _remove_stale_exports(target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_gguf_to_hf(gguf_path: str | Path, target: str | Path, dtype=None) -> Path:
-    """Dequantise a GGUF causal LM with transformers and save it (with its tokenizer) as an HF folder.
+def export_gguf_to_hf(gguf_path: str | Path, target: str | Path) -> Path:
+    """Dequantise a GGUF LM once into an HF folder (see vregion.models.llm.export_gguf_to_hf), with progress."""
+    from vregion.models.llm import export_gguf_to_hf as export
 
-    The folder is written under a temporary name and renamed into place, so an interrupted export never
-    leaves a half folder behind, and two processes exporting at once both end with the same folder.
-
-    Args:
-        gguf_path: the .gguf file.
-        target: the HF folder to create; returned as is if it exists already.
-        dtype: torch dtype of the saved weights (default float32: the dequantised values exactly).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path, target = Path(gguf_path), Path(target)
+    target = Path(target)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_exports(target)
-    _say(f"dequantising {gguf_path.name} with transformers (once; ~20-100 s)")
+    _say(f"dequantising {Path(gguf_path).name} with transformers (once; ~20-100 s)")
     start = time.perf_counter()
-    dtype = dtype or torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    # The weights are plain dense tensors now, but the model still carries the GGUF quantizer, which
-    # makes save_pretrained refuse ("quantized with gguf and is not serializable"); drop it, and its config.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.exists():  # a real failure, not another process finishing first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    export(gguf_path, target)
     _say(f"exported {target} in {time.perf_counter() - start:.0f} s")
     return target
 
@@ -228,6 +199,54 @@ def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True)
     if gemma:
         paths["gemma3"] = prepare_gemma3(cache_dir)
     return paths
+
+
+def prepare_demo_data(cache_dir: str | Path | None = None) -> Path:
+    """The demo's webdataset shards (train, eval-fashion, eval-emoji), built once from the Debian sources."""
+    target = cache_root(cache_dir) / "demo-data"
+    if (target / "train" / "index.json").exists():
+        return target
+    prepare_demo_sources()
+    from vregion.data.demo_data import build_demo_data
+
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-data.", dir=cache_root(cache_dir)))
+    try:
+        build_demo_data(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# `asset:NAME[/sub/path]` in a config names a prepared asset; prepared on first use.
+ASSETS = {
+    "smollm2": prepare_smollm2,
+    "gemma3": prepare_gemma3,
+    "efficientnet-lite0": lambda cache_dir=None: prepare_efficientnet_lite0(),
+    "demo-data": prepare_demo_data,
+}
+ASSET_PREFIX = "asset:"
+
+
+def resolve_asset(value: str | None, cache_dir: str | Path | None = None) -> str | None:
+    """`asset:demo-data/train` -> the local path (preparing the asset if needed); other values unchanged."""
+    if not isinstance(value, str) or not value.startswith(ASSET_PREFIX):
+        return value
+    name, _, sub = value[len(ASSET_PREFIX):].partition("/")
+    if name not in ASSETS:
+        raise AssetError(f"unknown asset {name!r} in {value!r}; known: {', '.join(ASSETS)}")
+    root = Path(ASSETS[name](cache_dir))
+    return str(root / sub) if sub else str(root)
+
+
+def resolve_config_assets(cfg) -> None:
+    """Replace every `asset:` path of a vregion Config (model weights, shards) by its prepared local path."""
+    fields = [(cfg.model.llm, "path"), (cfg.model.vision, "path"), (cfg.data, "train_shards"),
+              (cfg.data, "eval_shards"), (cfg.eval, "vqa_shards"), (cfg.eval, "caption_shards")]
+    for section, name in fields:
+        setattr(section, name, resolve_asset(getattr(section, name), cfg.model.llm.cache_dir))
 
 
 def sample_reply(folder: str | Path, prompt: str, max_new_tokens: int = 32) -> str:

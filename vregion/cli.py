@@ -43,7 +43,10 @@ def _bench(args: argparse.Namespace) -> int:
     from vregion.engine.bench import run_bench
     from vregion.engine.run import prepare_data
 
+    from vregion.assets import resolve_config_assets
+
     stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
+    resolve_config_assets(stage)
     out = Path(args.out or Path(stage.run.output_dir) / "bench")
     run_bench(stage, args.variants.split(","), args.rounds, args.steps, out)
     return 0

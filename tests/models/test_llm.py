@@ -142,7 +142,7 @@ def test_gguf_exported_once_then_loaded_from_cache(tmp_path, monkeypatch):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(export))
 
     # Later loads (also via folder + gguf_file) must come from the export, never converting again.
-    monkeypatch.setattr(llm_module, "_plain_copy", lambda *a: pytest.fail("GGUF converted twice"))
+    monkeypatch.setattr(llm_module.tempfile, "mkdtemp", lambda *a, **k: pytest.fail("GGUF converted twice"))
     again, _ = build_llm(LLMConfig(path=str(tmp_path), gguf_file="tiny.gguf", cache_dir=str(cache)))
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ class MetricsLogger:
         self._truncate_after(start_step)
         self._file = self.path.open("a")
         self._bar = tqdm(total=total_steps, initial=start_step, desc=run_name, dynamic_ncols=True)
-        if wandb_cfg.mode != "disabled":
-            self._wandb = _start_wandb(Path(run_dir), wandb_cfg, run_name, config)
+        # WANDB_MODE in the environment wins over the config (e.g. disabled in CI).
+        mode = os.environ.get("WANDB_MODE", wandb_cfg.mode)
+        if mode != "disabled":
+            self._wandb = _start_wandb(Path(run_dir), wandb_cfg, mode, run_name, config)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the curve has no duplicate steps."""
@@ -68,12 +71,12 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def _start_wandb(run_dir: Path, cfg: WandbConfig, run_name: str, config: dict):
+def _start_wandb(run_dir: Path, cfg: WandbConfig, mode: str, run_name: str, config: dict):
     """wandb run that resumes under the same id after a restart (id kept in the run directory)."""
     import wandb
 
     id_file = run_dir / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
     id_file.write_text(run_id)
     os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(
@@ -82,7 +85,7 @@ def _start_wandb(run_dir: Path, cfg: WandbConfig, run_name: str, config: dict):
         name=run_name,
         id=run_id,
         resume="allow",
-        mode=cfg.mode,
+        mode=mode,
         dir=str(run_dir),
         config=config,
     )

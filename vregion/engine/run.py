@@ -60,7 +60,11 @@ def _evaluate(cfg: Config, out_file: Path, checkpoint: Path | None) -> dict | No
 
 def stage_dirs(cfg: Config, run_dir: Path) -> list[tuple[Config, Path]]:
     """(stage config, its folder): the run dir itself for a single unnamed stage, else a sub-folder each."""
+    from vregion.assets import resolve_config_assets
+
     stages = cfg.stage_configs()
+    for stage in stages:
+        resolve_config_assets(stage)
     if not cfg.stages:
         return [(stages[0], run_dir)]
     return [(s, run_dir / s.stage_name) for s in stages]

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from vregion.config import VisionConfig
+from vregion.models.efficientnet import build_efficientnet_lite0
 
 # OpenAI CLIP's normalisation (also used by LLaVA-1.5's CLIP ViT-L/14-336); SigLIP maps pixels to [-1, 1].
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -123,6 +124,7 @@ def build_siglip(cfg: VisionConfig) -> VisionBackbone:
 BACKBONES: dict[str, Callable[[VisionConfig], VisionBackbone]] = {
     "clip": build_clip,
     "siglip": build_siglip,
+    "efficientnet-lite0": build_efficientnet_lite0,  # the CPU demo's ImageNet CNN (49 tokens at 224 px)
 }
 
 

@@ -6,7 +6,6 @@ and its tokenizer, so the rest of vregion never cares where the weights came fro
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import shutil
@@ -100,35 +99,27 @@ def _gguf_cache_folder(gguf_path: Path, cache_dir: str | None) -> Path:
     return root / f"{gguf_path.stem}-{stat.st_size}-{stamp}"
 
 
-def _plain_copy(loaded: PreTrainedModel) -> PreTrainedModel:
-    """The GGUF-loaded model as an ordinary one: newer transformers mark GGUF loads as quantized, and
-    refuse to save_pretrained them, so copy the dequantised weights into a fresh model of the same config."""
-    config = copy.deepcopy(loaded.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    model.generation_config = loaded.generation_config
-    return model
+def export_gguf_to_hf(gguf_path: str | Path, target: str | Path) -> Path:
+    """Dequantise a GGUF causal LM once and save it with its tokenizer as a plain HF folder at `target`.
 
-
-def export_gguf(gguf_path: str | Path, cache_dir: str | None = None) -> Path:
-    """Convert a GGUF file to a plain HF folder once (slow: dequantisation) and return that folder.
-
-    The folder is written under a temporary name and renamed into place, so an interrupted export or a
+    fp32 keeps the dequantised values exact (the requested dtype is applied when loading the export). The
+    folder is written under a temporary name and renamed into place, so an interrupted export or a
     concurrent rank never leaves a half-written folder that later loads would trust.
     """
-    gguf_path = Path(gguf_path).expanduser().resolve()
-    target = _gguf_cache_folder(gguf_path, cache_dir)
+    gguf_path, target = Path(gguf_path).expanduser().resolve(), Path(target).expanduser()
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # fp32 keeps the dequantised values exact; the requested dtype is applied when loading the export.
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = _plain_copy(loaded)
+    # The weights are dense now, but the model still carries the GGUF quantizer, which makes
+    # save_pretrained refuse ("quantized with gguf and is not serializable"): drop it and its config entry.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other folder
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         try:
@@ -140,6 +131,12 @@ def export_gguf(gguf_path: str | Path, cache_dir: str | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def export_gguf(gguf_path: str | Path, cache_dir: str | None = None) -> Path:
+    """The cached HF folder of a GGUF file (keyed by its name, size and mtime), exported on first use."""
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    return export_gguf_to_hf(gguf_path, _gguf_cache_folder(gguf_path, cache_dir))
 
 
 def _resolve_source(cfg: LLMConfig) -> tuple[str, dict]:
