@@ -193,3 +193,25 @@ def test_generate_stops_at_eos_and_pads():
         ends.append(end)
     assert stopped == [row[: max(ends)] for row in expected]
     assert stopped[0][0] == eos and all(t == pad for t in stopped[0][1:])
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_supervised_positions_loss_equals_full_logits_loss(name):
+    """return_logits=False runs the head on supervised positions only: same loss, same gradients."""
+    torch.manual_seed(0)
+    model, _ = build_vlm(tiny_model_config(name))
+    inputs = batch()
+    full = model(**inputs)
+    full["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    lean = model(**inputs, return_logits=False)
+    lean["loss"].backward()
+    assert lean["logits"] is None and lean["num_label_tokens"] == full["num_label_tokens"] > 0
+    torch.testing.assert_close(lean["loss"], full["loss"], rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+    inputs["labels"][:] = -100
+    empty = model(**inputs, return_logits=False)
+    assert empty["num_label_tokens"] == 0 and empty["loss"].item() == 0.0

@@ -17,6 +17,7 @@ def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     for key in MODEL_KEYS:
         value = batch[key].to(device, non_blocking=True)
         out[key] = value.to(dtype) if value.is_floating_point() else value
+    out["return_logits"] = False  # the loss is all training needs
     return out
 
 

@@ -19,6 +19,11 @@ def to_model(batch: dict, model: torch.nn.Module) -> dict:
     return out
 
 
+def loss_inputs(batch: dict, model: torch.nn.Module) -> dict:
+    """to_model plus the flag that skips full logits."""
+    return {**to_model(batch, model), "return_logits": False}
+
+
 @torch.no_grad()
 def mean_loss(model: torch.nn.Module, batches, max_samples: int) -> dict:
     """{"loss", "perplexity", "samples", "tokens"} over up to `max_samples` samples."""
@@ -26,7 +31,7 @@ def mean_loss(model: torch.nn.Module, batches, max_samples: int) -> dict:
     model.eval()
     loss_sum = tokens = samples = 0.0
     for batch in batches:
-        out = model(**to_model(batch, model))
+        out = model(**loss_inputs(batch, model))
         n = float(out["num_label_tokens"])
         loss_sum += out["loss"].item() * n
         tokens += n

@@ -154,8 +154,15 @@ class DecoderRunner:
 
     def finish(self, state: RunnerState) -> torch.Tensor:
         """Final norm, output head and (Gemma) logit soft-capping: -> logits (B, T, V)."""
-        hidden = self.base.norm(state.hidden)  # (B, T, D)
-        logits = _unwrap(self.llm).lm_head(hidden)  # (B, T, V)
+        return self.head(state.hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, output head and soft-capping of any hidden states (..., D) -> logits (..., V).
+
+        Every step is per token, so training can apply it to the supervised positions only.
+        """
+        hidden = self.base.norm(hidden)
+        logits = _unwrap(self.llm).lm_head(hidden)
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

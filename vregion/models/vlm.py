@@ -109,23 +109,39 @@ class VisionLanguageModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
         image_spans: Optional[torch.Tensor] = None,
+        return_logits: bool = True,
         **ignored: Any,
     ) -> dict[str, Any]:
-        """Returns dict(loss=scalar or None, logits=(B, T', V), num_label_tokens=int).
+        """Returns dict(loss=scalar or None, logits=(B, T', V) or None, num_label_tokens=int).
 
         T' == T unless a `runner.between_layers` hook shortened the sequence; such a hook must keep
         `state.extras["labels"]` aligned, and the loss uses the labels it leaves there.
+        With labels and `return_logits=False` (training), the output head runs only at supervised
+        positions: the same loss without the (B, T, V) logits, the largest activation of a small LLM.
         """
         embeds = self.embed(input_ids, pixel_values, image_spans)  # (B, T, D)
         state = self.runner.prepare(embeds, attention_mask)
         state.extras.update(labels=labels, image_spans=image_spans)
         state = self.runner.run_layers(state)
+        labels = state.extras["labels"]
+        if labels is not None and not return_logits:
+            loss, count = self._supervised_loss(state.hidden, labels)
+            return dict(loss=loss, logits=None, num_label_tokens=count)
         logits = self.runner.finish(state)  # (B, T', V)
         loss, count = None, 0
-        labels = state.extras["labels"]
         if labels is not None:
             loss, count = causal_lm_loss(logits, labels)
         return dict(loss=loss, logits=logits, num_label_tokens=count)
+
+    def _supervised_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """causal_lm_loss computed from the hidden states of positions whose next token is supervised."""
+        targets = labels[:, 1:].to(hidden.device)  # (B, T-1): position t predicts token t + 1
+        keep = targets != IGNORE_INDEX  # (B, T-1)
+        logits = self.runner.head(hidden[:, :-1][keep]).float()  # (N, V)
+        count = int(keep.sum())
+        if count == 0:
+            return logits.sum() * 0.0, 0
+        return F.cross_entropy(logits, targets[keep], reduction="sum") / count, count
 
     @torch.no_grad()
     def generate(
