@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22"],  # skimage: bundled test photos
     },
     entry_points={"console_scripts": ["vregion=vregion.cli:main"]},
 )

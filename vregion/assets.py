@@ -196,6 +196,7 @@ def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True)
     "emoji_font", "fashion_mnist"} -> path. Cached parts return at once."""
     paths = {"efficientnet_lite0": prepare_efficientnet_lite0(), **prepare_demo_sources()}
     paths["smollm2"] = prepare_smollm2(cache_dir)
+    paths["demo_data"] = prepare_demo_data(cache_dir)
     if gemma:
         paths["gemma3"] = prepare_gemma3(cache_dir)
     return paths

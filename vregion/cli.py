@@ -60,6 +60,16 @@ def _data_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_demo(args: argparse.Namespace) -> int:
+    from vregion.assets import prepare_demo_sources
+    from vregion.data.demo_data import build_demo_data
+
+    prepare_demo_sources()  # Debian emoji font and Fashion-MNIST (apt-get when missing)
+    print(build_demo_data(args.out, seed=args.seed, num_fashion_train=args.fashion_train,
+                          num_fashion_eval=args.fashion_eval))
+    return 0
+
+
 def _data_synth(args: argparse.Namespace) -> int:
     from vregion.data import make_synthetic_shards
 
@@ -96,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("out")
     pack.add_argument("--samples-per-shard", type=int, default=1000)
     pack.set_defaults(func=_data_pack)
+    demo = data.add_parser("demo", help="emoji captions + Fashion-MNIST VQA shards (train, eval-fashion, eval-emoji)")
+    demo.add_argument("out")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--fashion-train", type=int, default=2000)
+    demo.add_argument("--fashion-eval", type=int, default=200)
+    demo.set_defaults(func=_data_demo)
     synth = data.add_parser("synth", help="generated coloured-shape shards for smoke runs")
     synth.add_argument("out")
     synth.add_argument("--num", type=int, default=256)
