@@ -72,6 +72,10 @@ def _pool_rows_bwd(
     tl.store(grad_in_ptr + row * D + cols, (g * scale).to(grad_in_ptr.dtype.element_ty), mask=mask)
 
 
+# True when the kernels were defined under TRITON_INTERPRET=1 (the only way they run on CPU tensors).
+INTERPRETED = type(_pool_rows_fwd).__name__ == "InterpretedFunction"
+
+
 def _block_d(D: int) -> int:
     return min(triton.next_power_of_2(D), MAX_BLOCK_D)
 

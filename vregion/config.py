@@ -4,7 +4,7 @@ Every field carries a help string in its metadata. Loading is strict: an unknown
 with a message naming it and the valid keys, so a typo never silently falls back to a default.
 
 A config describes one or more *stages* (e.g. projector alignment, then region tuning). The top-level
-`region`, `optim`, `train`, `data` and `deepspeed` sections are the defaults; each entry of `stages` overrides parts of them.
+`region`, `optim`, `train`, `data`, `deepspeed` and `compress` sections are the defaults; each entry of `stages` overrides parts of them.
 """
 
 from __future__ import annotations
@@ -85,6 +85,19 @@ class DataConfig:
     synthetic: SyntheticDataConfig = _f(SyntheticDataConfig(), "generated data for smoke runs")
 
 
+# -------------------------------------------------------------------------------------------- compress
+@dataclass
+class CompressConfig:
+    schedule: Optional[Any] = _f(
+        None,
+        "visual-token pooling schedule: a preset (two, three-deeper, three-wider, four-wider-then-deeper, "
+        "four-deeper-then-wider, last-stage-compression), a list of [K, S, fraction] (K for 32 layers; "
+        "S null = no pooling), or null for none",
+    )
+    inference: str = _f("auto", "pooling at eval/generation: auto (the schedule's inference stage) | none | K/S")
+    impl: str = _f("auto", "pooling implementation: auto (Triton on CUDA, PyTorch elsewhere) | triton | torch")
+
+
 # ---------------------------------------------------------------------------------------------- region
 @dataclass
 class LoraConfig:
@@ -158,6 +171,7 @@ class StageConfig:
     train: Optional[dict] = _f(None, "overrides of the top-level train section for this stage")
     data: Optional[dict] = _f(None, "overrides of the top-level data section for this stage")
     deepspeed: Optional[dict] = _f(None, "overrides of the top-level deepspeed section for this stage")
+    compress: Optional[dict] = _f(None, "overrides of the top-level compress section for this stage")
 
 
 @dataclass
@@ -191,6 +205,7 @@ class Config:
     model: ModelConfig = _f(ModelConfig(), "model parts")
     data: DataConfig = _f(DataConfig(), "shards and tokenization")
     region: RegionConfig = _f(RegionConfig(), "which LLM layers train, and how")
+    compress: CompressConfig = _f(CompressConfig(), "visual context compression (LLaVolta) schedule")
     optim: OptimConfig = _f(OptimConfig(), "optimizer and learning-rate schedule")
     deepspeed: DeepSpeedConfig = _f(DeepSpeedConfig(), "DeepSpeed engine")
     train: TrainConfig = _f(TrainConfig(), "steps, batch, checkpoints")
@@ -209,7 +224,7 @@ class Config:
         for i, stage in enumerate(stages):
             base = to_dict(self)
             base["stages"] = [to_dict(stage)]
-            for section in ("region", "optim", "train", "data", "deepspeed"):
+            for section in ("region", "optim", "train", "data", "deepspeed", "compress"):
                 if getattr(stage, section):
                     base[section] = _deep_merge(base[section], getattr(stage, section))
             try:

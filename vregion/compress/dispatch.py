@@ -24,6 +24,14 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def _interpreted() -> bool:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    from vregion_kernels.pool_visual import INTERPRETED
+
+    return INTERPRETED
+
+
 def resolve_impl(impl: str, hidden: torch.Tensor) -> str:
     """'auto' | 'triton' | 'torch' -> the implementation that runs on `hidden` ('triton' or 'torch')."""
     if impl not in IMPLS:
@@ -33,10 +41,10 @@ def resolve_impl(impl: str, hidden: torch.Tensor) -> str:
     if impl == "triton":
         if not triton_available():
             raise RuntimeError("impl='triton' needs the triton package; use impl='torch' or 'auto'")
-        if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        if not hidden.is_cuda and not _interpreted():
             raise RuntimeError(
-                f"impl='triton' on {hidden.device} tensors needs TRITON_INTERPRET=1 (set before importing "
-                "vregion_kernels.pool_visual); use impl='auto' or 'torch' off CUDA"
+                f"impl='triton' on {hidden.device} tensors needs TRITON_INTERPRET=1, set before "
+                "vregion_kernels.pool_visual is first imported; use impl='auto' or 'torch' off CUDA"
             )
     return impl
 

@@ -52,7 +52,7 @@ class PooledSequence:
     hidden: torch.Tensor  # (B, T', D)
     attention_mask: torch.Tensor  # (B, T')
     position_ids: torch.Tensor  # (B, T') float32 after pooling (means of pooled positions), unchanged if S = 1
-    labels: Optional[torch.Tensor]  # (B, T') IGNORE_INDEX at visual rows and padding
+    labels: Optional[torch.Tensor]  # (B, T') IGNORE_INDEX at visual rows, padding and each first token
     image_spans: Optional[torch.Tensor]  # (M, 3) new starts and lengths ceil(L / S)
 
 
@@ -165,7 +165,8 @@ def apply_plan(
         plan: from `plan_pooling` for these tensors' batch.
         hidden: (B, T, D).
         position_ids: (B, T) positions; pooled rows get the float mean of theirs.
-        labels: (B, T) or None; visual rows and padding get IGNORE_INDEX, text keeps its label.
+        labels: (B, T) or None; visual rows, padding and each sample's first token get IGNORE_INDEX,
+            other text keeps its label.
         pool_rows_fn: the reference `pool_rows` or the fused kernel.
     """
     pooled = pool_rows_fn(hidden, plan.start, plan.count)  # (B, T', D)
@@ -176,6 +177,10 @@ def apply_plan(
         labels = labels.to(hidden.device)
         keep = (plan.count > 0) & ~plan.visual  # (B, T')
         new_labels = torch.where(keep, labels.gather(1, plan.start), IGNORE_INDEX)
+        # Nothing in a sample predicts its first token; compaction can put padding in front of it (an
+        # unpadded row in a left-padded batch), where the shifted loss would otherwise count it.
+        first = (plan.count > 0).to(torch.uint8).argmax(1)  # (B,)
+        new_labels[torch.arange(len(first), device=first.device), first] = IGNORE_INDEX
     return PooledSequence(pooled, plan.attention_mask, positions, new_labels, plan.image_spans)
 
 

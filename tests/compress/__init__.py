@@ -1,0 +1,1 @@
+"""Tests for vregion.compress and the pooling kernel."""
