@@ -61,10 +61,17 @@ def test_layers_from_k_see_the_shorter_sequence():
     model, inputs = tiny("gemma3"), batch()  # 4 layers
     inputs["input_ids"], inputs["attention_mask"] = inputs["input_ids"][:2], inputs["attention_mask"][:2]
     inputs["labels"] = inputs["labels"][:2]  # samples 0 and 1 both have images
-    seen = {}
+    seen = {}  # layer index -> sequence length of its input hidden states
+
+    def record(i):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, D)
+            seen[i] = hidden.shape[1]
+
+        return hook
+
     for i, layer in enumerate(model.llm.model.layers):
-        layer.register_forward_pre_hook(lambda m, args, kw, i=i: seen.__setitem__(i, (args or [kw["hidden_states"]])[0].shape[1]),
-                                        with_kwargs=True)
+        layer.register_forward_pre_hook(record(i), with_kwargs=True)
     set_compression(model, 2, 4)
     with torch.no_grad():
         model(**inputs)
@@ -84,6 +91,8 @@ def per_sample_losses(model, inputs):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_left_and_right_padding_give_same_per_sample_losses(family):
+    """Also covers first-token labels (not -100 here): sample 0 is unpadded but moves behind padding in the
+    left-padded batch, where the shifted loss would count its first label if pooling did not drop it."""
     model = tiny(family)
     set_compression(model, 1, 4)
     torch.manual_seed(1)

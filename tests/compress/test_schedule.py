@@ -51,7 +51,9 @@ def test_stage_at_boundaries_four_even_stages():
     schedule = get_schedule("four-wider-then-deeper")
     assert stage_boundaries(schedule, 100) == [25, 50, 75]
     got = {step: str(stage_at(schedule, step, 100)) for step in (0, 24, 25, 49, 50, 74, 75, 99, 150)}
-    assert got == {0: "2/8", 24: "2/8", 25: "2/2", 49: "2/2", 50: "16/2", 74: "16/2", 75: "none", 99: "none", 150: "none"}
+    assert got == {
+        0: "2/8", 24: "2/8", 25: "2/2", 49: "2/2", 50: "16/2", 74: "16/2", 75: "none", 99: "none", 150: "none"
+    }
     assert [stage_at(schedule, s, 100).index for s in (24, 25, 75)] == [0, 1, 3]
 
 

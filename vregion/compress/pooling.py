@@ -17,6 +17,9 @@ then stay identical in layers < K and >= K, across compressed and uncompressed t
 uncompressed inference, and each pooled token sits at the centre of the tokens it summarises. The mean is
 kept exact rather than truncated to an int (the reference code's bias of up to half a position); rotary
 embeddings accept float positions (`DecoderRunner.refresh` rebuilds them from `state.position_ids`).
+Masks ignore positions when an attention mask is given (the runner always gives one), and flash-attention's
+packed-sequence detection (batch size 1, no padding) still finds one sequence: the smallest position occurs
+once. Sliding windows count tokens, so after pooling a window reaches further back in the original text.
 
 Padding side: a row whose first token is padding is left-padded; a row without padding follows the batch
 (left if any row is left-padded, else right), so a left-padded batch stays left-padded.
@@ -98,7 +101,8 @@ def plan_pooling(attention_mask: torch.Tensor, image_spans: Optional[torch.Tenso
             raise ValueError(f"image span outside the ({B}, {T}) batch: {rows.tolist()}")
         if not bool(real[b, t].all()):
             raise ValueError(f"image spans must lie on real (unpadded) tokens: {rows.tolist()}")
-        hits = torch.zeros(B, T, dtype=torch.long, device=device).index_put_((b, t), torch.ones_like(t), accumulate=True)
+        hits = torch.zeros(B, T, dtype=torch.long, device=device)
+        hits.index_put_((b, t), torch.ones_like(t), accumulate=True)
         if int(hits.max()) > 1:
             raise ValueError(f"image spans overlap: {rows.tolist()}")
         visual[b, t] = True
