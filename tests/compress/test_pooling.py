@@ -127,6 +127,7 @@ def test_reference_gradient_is_grad_over_count():
         ([[1, 6, 4]], "real"),  # sample 1's tokens 8-9 are padding
         ([[0, 8, 4]], "outside"),
         ([[3, 0, 2]], "outside"),
+        ([[0, 2, 0]], "at least one token"),
     ],
 )
 def test_bad_spans_rejected(spans, match):

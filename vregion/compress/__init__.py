@@ -7,6 +7,7 @@
 """
 
 from vregion.compress.dispatch import IMPLS, pool_rows, pool_visual_spans, resolve_impl
+from vregion.compress.from_config import build_schedule, eval_stage
 from vregion.compress.hook import CompressionHook, apply_stage, get_compression, set_compression
 from vregion.compress.pooling import IGNORE_INDEX, PooledSequence, PoolPlan, apply_plan, plan_pooling
 from vregion.compress.schedule import (
@@ -25,6 +26,8 @@ from vregion.compress.schedule import (
 )
 
 __all__ = [
+    "build_schedule",
+    "eval_stage",
     "IGNORE_INDEX",
     "IMPLS",
     "PRESETS",

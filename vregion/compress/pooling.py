@@ -90,6 +90,8 @@ def plan_pooling(attention_mask: torch.Tensor, image_spans: Optional[torch.Tenso
         spans = image_spans.to(device=device, dtype=torch.long)
     rows = spans[spans[:, 0] >= 0] if spans is not None else None  # (R, 3)
     if rows is not None and len(rows):
+        if bool((rows[:, 2] < 1).any()):
+            raise ValueError(f"image spans must hold at least one token: {rows.tolist()}")
         lengths = rows[:, 2:3]  # (R, 1)
         offsets = torch.arange(int(lengths.max()), device=device)  # (Lmax,)
         inside = offsets < lengths  # (R, Lmax)

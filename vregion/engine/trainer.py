@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vregion.compress import apply_stage, build_schedule, eval_stage, stage_at
 from vregion.config import Config, to_dict
 from vregion.engine import checkpoint
 from vregion.engine import distributed as dist
@@ -83,6 +84,8 @@ class StageTrainer:
         if dist.is_main():
             print(parameter_table(self.model, self.plan), flush=True)
         self.data = StageData(cfg, self.model, self.tokenizer)
+        self.schedule = build_schedule(cfg.compress)
+        self.num_layers = self.model.runner.num_layers
         self.total_steps = total_steps(cfg, self.data, dist.world_size())
         groups = build_param_groups(self.model, cfg.optim)
         self.group_names = [g.get("name", str(i)) for i, g in enumerate(groups)]
@@ -107,6 +110,11 @@ class StageTrainer:
         client, rank_state = checkpoint.load(self.engine, self.ckpt_root, tag)
         if dist.is_main():
             print(f"resuming {self.stage_dir.name} from {self.ckpt_root / tag}", flush=True)
+        if self.schedule is not None:
+            expected = stage_at(self.schedule, client["step"], self.total_steps, self.num_layers).index
+            if client.get("compress_stage") != expected and dist.is_main():
+                print(f"warning: the checkpoint was in compression stage {client.get('compress_stage')}, the "
+                      f"configured schedule puts step {client['step']} in stage {expected}", flush=True)
         return client["step"], rank_state["data_position"], Counter(rank_state["skipped"])
 
     def _save(self, step: int, data_position: int, skipped: Counter) -> None:
@@ -114,10 +122,26 @@ class StageTrainer:
             self.engine,
             self.ckpt_root,
             step,
-            client_state={"step": step, "total_steps": self.total_steps},
+            client_state={"step": step, "total_steps": self.total_steps, "compress_stage": self._stage(step).index},
             rank_state={"data_position": data_position, "skipped": dict(skipped)},
             keep=self.cfg.train.keep_checkpoints,
         )
+
+    # -------------------------------------------------------------------------------------- compression
+    def _stage(self, step: int):
+        """Compression stage for the optimizer step about to run (a function of the step alone, so gradient
+        accumulation cannot shift it and a resumed run lands in the same stage)."""
+        if self.schedule is None:
+            return eval_stage(self.cfg.compress, None, self.num_layers)
+        return stage_at(self.schedule, step, self.total_steps, num_layers=self.num_layers)
+
+    def _held_out(self, step: int, dtype) -> float:
+        """Held-out loss under the inference compression setting, then back to the training stage."""
+        apply_stage(self.engine.module, eval_stage(self.cfg.compress, self.schedule, self.num_layers),
+                    impl=self.cfg.compress.impl)
+        loss = held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)
+        apply_stage(self.engine.module, self._stage(min(step, self.total_steps - 1)), impl=self.cfg.compress.impl)
+        return loss
 
     # -------------------------------------------------------------------------------------------- loop
     def run(self) -> dict:
@@ -140,6 +164,9 @@ class StageTrainer:
         trained_tokens = trained_samples = 0.0
         last_eval = None
         while step < self.total_steps:
+            stage = self._stage(step)
+            if self.schedule is not None:
+                apply_stage(self.engine.module, stage, impl=self.cfg.compress.impl)
             t0 = time.perf_counter()
             loss_sum = tokens = samples = 0.0
             for _ in range(accum):
@@ -160,18 +187,21 @@ class StageTrainer:
             trained_samples += samples
             if step % self.cfg.train.log_every == 0 or step == self.total_steps:
                 record = self._record(step, loss, elapsed, tokens, samples, skipped)
+                if self.schedule is not None:
+                    record.update(compress_stage=stage.index, compress_layer=stage.layer if stage.compressed else -1,
+                                  compress_stride=stage.stride or 1)
                 logger.log(record)
                 logger.progress(step, loss, record["tokens_per_s"])
             every = self.cfg.train.eval_every
             if every and step % every == 0 and step < self.total_steps and self.data.has_eval:
-                last_eval = held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)
+                last_eval = self._held_out(step, dtype)
                 logger.log({"step": step, "eval_loss": last_eval})
             save_every = self.cfg.train.save_every
             if step == self.total_steps or (save_every and step % save_every == 0):
                 self._save(step, data_position, skipped)
         wall = time.perf_counter() - started
         if self.data.has_eval:
-            last_eval = held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)
+            last_eval = self._held_out(step, dtype)
             logger.log({"step": step, "eval_loss": last_eval})
         logger.close()
         summary = self._finish(step, wall, trained_tokens, trained_samples, skipped, last_eval)

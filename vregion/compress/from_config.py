@@ -1,0 +1,33 @@
+"""The compression schedule and inference setting described by a run's `compress` config section."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from vregion.compress.schedule import Schedule, Stage, custom_schedule, get_schedule, inference_stage, scale_layer
+from vregion.config import CompressConfig
+
+
+def build_schedule(cfg: CompressConfig) -> Optional[Schedule]:
+    """A preset name, a list of [K, S, fraction] / "K/S" phases, or None/"none" (no compression)."""
+    if cfg.schedule is None or cfg.schedule == "none":
+        return None
+    if isinstance(cfg.schedule, str):
+        return get_schedule(cfg.schedule)
+    if isinstance(cfg.schedule, list):
+        phases = [tuple(p) if isinstance(p, list) else p for p in cfg.schedule]
+        return custom_schedule(phases)
+    raise ValueError(f"compress.schedule must be a preset name or a list of phases, got {cfg.schedule!r}")
+
+
+def eval_stage(cfg: CompressConfig, schedule: Optional[Schedule], num_layers: int) -> Stage:
+    """Pooling for evaluation: `auto` = the schedule's inference setting, `none`, or an explicit "K/S"."""
+    if cfg.inference == "none" or (cfg.inference == "auto" and schedule is None):
+        return Stage(-1, None, None)
+    if cfg.inference == "auto":
+        return inference_stage(schedule, num_layers=num_layers)
+    try:
+        k, s = (int(x) for x in cfg.inference.split("/"))
+    except ValueError:
+        raise ValueError(f"compress.inference must be auto, none or K/S, got {cfg.inference!r}") from None
+    return Stage(-1, scale_layer(k, num_layers) if k else 0, s) if s > 1 else Stage(-1, None, None)
