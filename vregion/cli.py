@@ -48,7 +48,12 @@ def _bench(args: argparse.Namespace) -> int:
     stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
     resolve_config_assets(stage)
     out = Path(args.out or Path(stage.run.output_dir) / "bench")
-    run_bench(stage, args.variants.split(","), args.rounds, args.steps, out)
+    variants = args.variants.split(",")
+    if args.schedule:
+        from vregion.engine.bench import schedule_variants
+
+        variants = schedule_variants(variants[0], args.schedule)
+    run_bench(stage, variants, args.rounds, args.steps, out, schedule=args.schedule)
     return 0
 
 
@@ -92,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="step time of training variants, interleaved side by side")
     bench.add_argument("config")
     bench.add_argument("overrides", nargs="*")
-    bench.add_argument("--variants", default="full,region,region-lora", help="comma list: full, region, region-lora, projector")
+    bench.add_argument("--variants", default="full,region,region-lora", help="comma list of full, region, region-lora, projector, each optionally @K/S (pooling)")
+    bench.add_argument("--schedule", default=None,
+                       help="compression preset: time the first variant with each of its stages, plus the run average")
     bench.add_argument("--stage", default=None, help="stage whose settings are used (default: the last)")
     bench.add_argument("--rounds", type=int, default=3, help="A B C rounds")
     bench.add_argument("--steps", type=int, default=2, help="optimizer steps per variant per round")
