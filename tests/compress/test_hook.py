@@ -167,10 +167,26 @@ def test_wrapped_model_is_found():
         set_compression(object(), 0, 2)
 
 
-def test_generate_ignores_compression():
-    """Documented limitation: HF generate bypasses the runner, so generation is uncompressed."""
-    model, inputs = tiny(), batch("left")
-    args = (inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["image_spans"])
-    plain = model.generate(*args, max_new_tokens=3)
-    set_compression(model, 0, 8)
-    assert torch.equal(model.generate(*args, max_new_tokens=3), plain)
+def test_generation_uses_the_compression_hook():
+    """With pooling installed, greedy generation equals step-by-step argmax of the pooled forward."""
+    from vregion.compress import set_compression
+
+    torch.manual_seed(0)
+    model, _ = build_vlm(tiny_model_config("llama"))
+    model.eval()
+    inputs = batch("left")
+    set_compression(model, 1, 4)
+    new = model.generate(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                         inputs["image_spans"], max_new_tokens=4, eos_token_id=None, pad_token_id=0)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for step in range(new.shape[1]):
+        with torch.no_grad():
+            logits = model(ids, mask, None, inputs["pixel_values"], inputs["image_spans"])["logits"]
+        expected = logits[:, -1].argmax(-1)
+        assert torch.equal(new[:, step], expected), step
+        ids = torch.cat([ids, expected[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    set_compression(model, None)
+    plain = model.generate(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                           inputs["image_spans"], max_new_tokens=4, pad_token_id=0)
+    assert plain.shape[0] == new.shape[0]

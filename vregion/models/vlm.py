@@ -156,12 +156,21 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.Tensor:
         """Greedy decoding from left-padded prompts with the LLM's KV cache.
 
+        With a `runner.between_layers` hook installed (visual-token pooling), decoding runs through the runner
+        without a cache instead, so every step sees the same pooled sequence training saw (a KV cache would
+        hold different lengths below and above the pooling layer).
+
         Returns:
             (B, <= max_new_tokens) new token ids only; rows that stopped early are filled with pad_token_id.
         """
         embeds = self.embed(input_ids, pixel_values, image_spans)  # (B, T, D)
         if pad_token_id is None:
             pad_token_id = eos_token_id if eos_token_id is not None else 0
+            if isinstance(pad_token_id, (list, tuple)):
+                pad_token_id = pad_token_id[0]
+        if self.runner.between_layers is not None:
+            return self._generate_through_runner(embeds, attention_mask, image_spans, max_new_tokens,
+                                                 eos_token_id, pad_token_id)
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -173,6 +182,29 @@ class VisionLanguageModel(nn.Module):
         )
         # Generating from embeddings alone, HF starts from empty input_ids, so `out` holds only new tokens.
         return out
+
+    def _generate_through_runner(self, embeds, attention_mask, image_spans, max_new_tokens, eos_token_id, pad_token_id):
+        """Greedy decoding by re-running the full (hooked) runner each step; new tokens append on the right."""
+        stop = torch.tensor([] if eos_token_id is None else
+                            ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
+                            device=embeds.device, dtype=torch.long)
+        embed_tokens = self.llm.get_input_embeddings()
+        finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)  # (B,)
+        new_tokens = []
+        for _ in range(max_new_tokens):
+            state = self.runner.prepare(embeds, attention_mask)
+            state.extras.update(labels=None, image_spans=image_spans)
+            state = self.runner.run_layers(state)
+            # Prompts are left-padded and pooling keeps each row's padding side: the last row is the newest token.
+            token = self.runner.head(state.hidden[:, -1]).argmax(-1)  # (B,)
+            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            new_tokens.append(token)
+            finished |= torch.isin(token, stop)
+            if bool(finished.all()):
+                break
+            embeds = torch.cat([embeds, embed_tokens(token)[:, None].to(embeds.dtype)], dim=1)  # (B, T + 1, D)
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        return torch.stack(new_tokens, dim=1)  # (B, n)
 
 
 def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> tuple[VisionLanguageModel, Any]:
