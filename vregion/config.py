@@ -45,6 +45,8 @@ class VisionConfig:
 @dataclass
 class ProjectorConfig:
     type: str = _f("mlp2x_gelu", "projector id: linear | mlp2x_gelu")
+    hidden_size: Optional[int] = _f(None, "mlp2x_gelu's inner width (default: the LLM's hidden size); a VPG-"
+                                    "transferred projector keeps its source LLM's width")
 
 
 @dataclass
@@ -186,6 +188,21 @@ class EvalConfig:
 
 
 @dataclass
+class TransferConfig:
+    source: Optional[str] = _f(None, "vregion checkpoint whose vision tower + projector (the VPG) are transferred")
+    corpus_shards: Optional[str] = _f(None, "shards whose conversation text aligns the two tokenizers (default: "
+                                      "data.train_shards)")
+    max_texts: int = _f(20000, "texts read for token alignment")
+    converter_epochs: int = _f(8, "epochs of the word-embedding converter")
+    converter_lr: float = _f(5.0, "SGD learning rate of the converter (VPGTrans: 5.0)")
+    converter_batch: int = _f(4096, "token pairs per converter step")
+    use_converter: bool = _f(True, "initialise the projector's last linear with the converter (False: ablation)")
+    warmup_lr_scale: float = _f(5.0, "projector warm-up lr = this x optim.projector_lr, constant, no warmup")
+    warmup_epochs: float = _f(1.0, "projector-only warm-up length in epochs (or set warmup_steps)")
+    warmup_steps: Optional[int] = _f(None, "projector-only warm-up length in optimizer steps")
+
+
+@dataclass
 class WandbConfig:
     mode: str = _f("offline", "offline | online | disabled")
     project: str = _f("vregion", "wandb project")
@@ -210,6 +227,7 @@ class Config:
     deepspeed: DeepSpeedConfig = _f(DeepSpeedConfig(), "DeepSpeed engine")
     train: TrainConfig = _f(TrainConfig(), "steps, batch, checkpoints")
     eval: EvalConfig = _f(EvalConfig(), "held-out evaluation before and after the run")
+    transfer: TransferConfig = _f(TransferConfig(), "VPG transfer from another LLM's trained vision side")
     stages: list = _f([], "ordered stages (list of StageConfig); empty: one stage from the top-level sections")
 
     def stage_configs(self) -> list["Config"]:
