@@ -33,6 +33,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    from vregion.transfer import run_transfer
+
+    run_transfer(cfg, resume=args.resume)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     stages = cfg.stage_configs()
@@ -82,6 +90,27 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from vregion.region.analyze import analyze_checkpoint
+
+    out = Path(args.out or Path(args.checkpoint) / "analysis")
+    analyze_checkpoint(args.checkpoint, args.data, out, args.max_samples, base=args.base, block=args.block)
+    print(f"wrote {out / 'layers.csv'}, {out / 'layers.json'}, {out / 'layers.png'}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import json
+
+    from vregion.region.analyze import prune_checkpoint
+
+    table = json.loads(Path(args.scores).read_text())["layers"] if args.scores else None
+    report = prune_checkpoint(args.checkpoint, args.drop, args.metric, args.data, args.out, captions=args.captions,
+                              max_samples=args.max_samples, base=args.base, table=table)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vregion", description=__doc__)
     # The deepspeed launcher passes --local_rank before the sub-command; LOCAL_RANK in the env is what is used.
@@ -93,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 region.count=8")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.set_defaults(func=_train)
+
+    transfer = sub.add_parser("transfer", help="VPG transfer: init from transfer.source, projector warm-up, then train")
+    transfer.add_argument("config", help="target config (model = target LLM; transfer.source = source checkpoint)")
+    transfer.add_argument("overrides", nargs="*", help="dotted overrides, e.g. transfer.source=runs/a/train/final")
+    transfer.add_argument("--resume", action="store_true", help="continue the transfer run in run.output_dir")
+    transfer.set_defaults(func=_transfer)
 
     bench = sub.add_parser("bench", help="step time of training variants, interleaved side by side")
     bench.add_argument("config")
@@ -126,6 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--samples-per-shard", type=int, default=64)
     synth.set_defaults(func=_data_synth)
+
+    analyze = sub.add_parser("analyze", help="per-layer importance (BI, angular, parameter change) of a checkpoint")
+    analyze.add_argument("checkpoint")
+    analyze.add_argument("--data", required=True, help="calibration shards (the checkpoint's template applies)")
+    analyze.add_argument("--base", default=None, help="checkpoint or HF folder to measure parameter change against")
+    analyze.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/analysis)")
+    analyze.add_argument("--max-samples", type=int, default=256)
+    analyze.add_argument("--block", type=int, default=2, help="n for the block angular distance h_i vs h_i+n")
+    analyze.set_defaults(func=_analyze)
+    prune = sub.add_parser("prune", help="drop the least important layers outside the visual region")
+    prune.add_argument("checkpoint")
+    prune.add_argument("--drop", type=int, required=True, help="number of layers to remove")
+    prune.add_argument("--metric", default="angular", help="ranking metric (a column of layers.csv)")
+    prune.add_argument("--data", required=True, help="VQA shards: calibration, accuracy, answer loss, speed")
+    prune.add_argument("--captions", default=None, help="caption shards for held-out caption loss")
+    prune.add_argument("--out", required=True, help="folder of the pruned checkpoint")
+    prune.add_argument("--max-samples", type=int, default=100)
+    prune.add_argument("--base", default=None, help="base weights (for param_* metrics)")
+    prune.add_argument("--scores", default=None, help="layers.json from `vregion analyze` (skips calibration)")
+    prune.set_defaults(func=_prune)
     return parser
 
 

@@ -19,7 +19,8 @@ from vregion.models import build_vlm
 from vregion.region import select_layers
 
 # One stage, region training from random init: enough steps that every trainable tensor moves.
-SINGLE_STAGE = ["stages=[]", "train.max_steps=3", "train.save_every=0", "data.synthetic.num_eval=0"]
+SINGLE_STAGE = ["stages=[]", "train.max_steps=3", "train.save_every=0", "data.synthetic.num_eval=0",
+                "eval.before_after=false"]
 
 
 def initial_weights(overrides: list[str]) -> dict[str, torch.Tensor]:
@@ -36,11 +37,24 @@ def region_layer_prefixes(layers: list[int]) -> tuple[str, ...]:
 
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_frozen_parameters_bitwise_unchanged_and_without_optimizer_state(tmp_path, zero_stage):
-    overrides = SINGLE_STAGE + [f"run.output_dir={tmp_path}/run", f"deepspeed.zero_stage={zero_stage}"]
-    run_train("configs/tiny.yaml", overrides, nproc=2)
+    check_frozen_and_state(tmp_path, [f"deepspeed.zero_stage={zero_stage}"], nproc=2, copies=2 if zero_stage == 0 else 1)
+
+
+def test_zero3_with_cpu_offload_keeps_frozen_frozen(tmp_path):
+    """ZeRO-Offload: optimizer state and parameters in CPU memory (DeepSpeed's CPU Adam)."""
+    overrides = ["deepspeed.zero_stage=3", "deepspeed.offload_optimizer=true", "deepspeed.offload_params=true"]
+    check_frozen_and_state(tmp_path, overrides, nproc=1, copies=1)
+
+
+def check_frozen_and_state(tmp_path, extra: list[str], nproc: int, copies: int) -> None:
+    """Train a few steps, then: frozen tensors bitwise equal to the initial ones, every trainable weight
+    matrix moved, and Adam state for exactly the trainable elements (`copies` full copies over all ranks)."""
+    overrides = SINGLE_STAGE + [f"run.output_dir={tmp_path}/run"] + extra
+    run_train("configs/tiny.yaml", overrides, nproc=nproc)
     run_dir = tmp_path / "run"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == nproc
+    zero_stage = next(int(o.split("=")[1]) for o in extra if o.startswith("deepspeed.zero_stage"))
     layers = summary["region_layers"]
     assert layers == select_layers("uniform", 8, fraction=0.25) and len(layers) == 2
     trained = load_file(run_dir / "final" / "model.safetensors")
@@ -57,9 +71,8 @@ def test_frozen_parameters_bitwise_unchanged_and_without_optimizer_state(tmp_pat
         else:
             assert torch.equal(before, after), f"frozen {name} changed under ZeRO-{zero_stage}"
     assert summary["trainable_params"] == trainable_numel
-    # Adam keeps two moments per trainable element and none for frozen weights. Summed over both ranks:
+    # Adam keeps two moments per trainable element and none for frozen weights. Summed over the ranks:
     # without ZeRO each rank holds a full copy; ZeRO-2/3 partition it (padding partitions a little).
-    copies = 2 if zero_stage == 0 else 1
     state = summary["optimizer_state_numel"]
     assert 2 * trainable_numel * copies <= state <= 2 * trainable_numel * copies + 4096, (state, trainable_numel)
 

@@ -31,10 +31,14 @@ class LinearProjector(nn.Linear):
 
 
 class MLPProjector(nn.Sequential):
-    """Linear(vision, llm) -> GELU -> Linear(llm, llm) (LLaVA-1.5's `mlp2x_gelu`)."""
+    """Linear(vision, hidden) -> GELU -> Linear(hidden, llm) (LLaVA-1.5's `mlp2x_gelu`; hidden defaults to llm).
 
-    def __init__(self, vision_dim: int, llm_dim: int):
-        super().__init__(nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+    A VPG-transferred projector keeps its source LLM's inner width, so `hidden_size` may differ from `llm_dim`.
+    """
+
+    def __init__(self, vision_dim: int, llm_dim: int, hidden_size: int | None = None):
+        hidden = hidden_size or llm_dim
+        super().__init__(nn.Linear(vision_dim, hidden), nn.GELU(), nn.Linear(hidden, llm_dim))
 
     @property
     def last_linear(self) -> nn.Linear:
@@ -52,4 +56,8 @@ def build_projector(cfg: ProjectorConfig, vision_dim: int, llm_dim: int) -> nn.M
     """Build the projector named by cfg.type; an unknown id fails with the list of valid ones."""
     if cfg.type not in PROJECTORS:
         raise ValueError(f"unknown projector '{cfg.type}'; valid ids: {', '.join(sorted(PROJECTORS))}")
+    if cfg.hidden_size is not None:
+        if cfg.type != "mlp2x_gelu":
+            raise ValueError(f"projector.hidden_size applies to mlp2x_gelu only, not '{cfg.type}'")
+        return PROJECTORS[cfg.type](vision_dim, llm_dim, cfg.hidden_size)
     return PROJECTORS[cfg.type](vision_dim, llm_dim)
