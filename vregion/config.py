@@ -163,6 +163,7 @@ class TrainConfig:
     log_every: int = _f(1, "metrics.jsonl / wandb logging interval in optimizer steps")
     eval_every: int = _f(0, "held-out loss every N steps (0: only at the end, if eval shards are set)")
     eval_batches: int = _f(8, "held-out batches per evaluation")
+    max_nonfinite: int = _f(20, "micro-batches with a NaN/inf loss skipped before the run aborts")
 
 
 @dataclass

@@ -28,6 +28,10 @@ from vregion.region import apply_region, build_param_groups, parameter_counts, p
 FINAL = "final"
 
 
+class NonFiniteLossError(RuntimeError):
+    """Too many micro-batches with a NaN/inf loss: training would only diverge further."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -69,6 +73,7 @@ class StageTrainer:
     """Trains one stage of a run into `stage_dir` (metrics.jsonl, checkpoints/, final/, summary.json)."""
 
     def __init__(self, cfg: Config, stage_dir: Path, resume: bool):
+        self.nonfinite = 0
         self.cfg = cfg
         self.stage_dir = stage_dir
         self.ckpt_root = stage_dir / "checkpoints"
@@ -169,14 +174,16 @@ class StageTrainer:
                 apply_stage(self.engine.module, stage, impl=self.cfg.compress.impl)
             t0 = time.perf_counter()
             loss_sum = tokens = samples = 0.0
-            for _ in range(accum):
+            micro = 0
+            while micro < accum:
                 batch = next(batches)
                 data_position += batch["num_samples"] + sum(batch["skipped"].values())
                 skipped.update(batch["skipped"])
-                out = self.engine(**model_inputs(batch, dist.device(), dtype))
-                self.engine.backward(out["loss"])
-                self.engine.step()
-                loss_sum += out["loss"].item()
+                micro_loss = self.micro_step(batch, dtype, skipped)
+                if micro_loss is None:
+                    continue  # a non-finite loss: the micro-batch is dropped and another one drawn
+                micro += 1
+                loss_sum += micro_loss
                 tokens += float(batch["attention_mask"].sum())
                 samples += batch["num_samples"]
             step += 1
@@ -206,6 +213,29 @@ class StageTrainer:
         logger.close()
         summary = self._finish(step, wall, trained_tokens, trained_samples, skipped, last_eval)
         return summary
+
+    def micro_step(self, batch: dict, dtype: torch.dtype, skipped: Counter) -> float | None:
+        """Forward, backward and (at accumulation boundaries) optimizer step of one micro-batch.
+
+        A non-finite loss on any rank skips the backward on every rank (ranks must stay in step under ZeRO),
+        is counted as `skipped_nonfinite_loss`, and too many abort the run with a clear error.
+        """
+        out = self.engine(**model_inputs(batch, dist.device(), dtype))
+        loss = out["loss"]
+        (bad,) = dist.all_reduce_sum([0.0 if bool(torch.isfinite(loss.detach())) else 1.0])
+        if bad:
+            self.nonfinite += 1
+            if dist.is_main():
+                skipped["nonfinite_loss"] += 1
+            if self.nonfinite > self.cfg.train.max_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite} micro-batches had a non-finite loss (limit train.max_nonfinite="
+                    f"{self.cfg.train.max_nonfinite}); lower the learning rate, check the data, or use fp32/bf16"
+                )
+            return None
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.item()
 
     def _record(self, step: int, loss: float, elapsed: float, tokens: float, samples: float, skipped: Counter) -> dict:
         lrs = self.scheduler.get_last_lr()
