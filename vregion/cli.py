@@ -10,6 +10,9 @@ from vregion.config import ConfigError, load_config
 from vregion.engine.errors import RunDirectoryError
 
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; `--resume` continues
+
+
 def resolve_config_path(name: str) -> Path:
     """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder."""
     path = Path(name)
@@ -28,8 +31,13 @@ def resolve_config_path(name: str) -> Path:
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     from vregion.engine.run import run_training  # heavy imports only once the config is valid
+    from vregion.engine.trainer import Preempted
 
-    run_training(cfg, resume=args.resume)
+    try:
+        run_training(cfg, resume=args.resume)
+    except Preempted as stop:
+        print(f"vregion: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

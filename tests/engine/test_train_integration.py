@@ -191,3 +191,32 @@ def test_corrupt_samples_are_skipped_and_counted_in_metrics(tmp_path):
     assert summary["skipped"] == {"bad_image": 1, "no_supervised_tokens": 1}
     last = read_metrics(tmp_path / "run")[-1]
     assert last["skipped_bad_image"] == 1 and last["skipped_no_supervised_tokens"] == 1
+
+
+def test_sigterm_checkpoints_exits_75_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """Preemption: SIGTERM mid-run -> the step finishes, a checkpoint is written, exit code 75; --resume
+    (what a requeued job runs) continues to the same losses as a run never interrupted."""
+    common = ["stages=[]", "data.synthetic.num_eval=0", "eval.before_after=false", "train.max_steps=30",
+              "train.save_every=0"]
+    clean = tmp_path / "clean"
+    run_train("configs/tiny.yaml", common + [f"run.output_dir={clean}"])
+
+    stopped = tmp_path / "stopped"
+    overrides = common + [f"run.output_dir={stopped}"]
+    proc = subprocess.Popen(train_command("configs/tiny.yaml", overrides), cwd=REPO, env=train_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((stopped / "metrics.jsonl").exists() and len(read_metrics(stopped)) >= 3):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "continue with --resume" in err
+    step = int((stopped / "checkpoints" / "latest").read_text().split("-")[1])
+    assert 3 <= step < 30 and not (stopped / "final").exists()
+    run_train("configs/tiny.yaml", overrides, resume=True)
+    expected, resumed = train_losses(clean), train_losses(stopped)
+    assert sorted(resumed) == list(range(1, 31))
+    for s in range(1, 31):
+        assert resumed[s] == pytest.approx(expected[s], rel=1e-6, abs=1e-7), s

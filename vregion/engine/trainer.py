@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +28,18 @@ from vregion.models import build_vlm, save_state_dict
 from vregion.region import apply_region, build_param_groups, parameter_counts, parameter_table
 
 FINAL = "final"
+
+
+# SLURM sends SIGTERM before preempting (and `#SBATCH --signal=USR1@120` a warning ahead of the time limit).
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """The run was asked to stop by a signal; a complete checkpoint of `step` was written first."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by a signal after step {step}; checkpoint written, continue with --resume")
+        self.step = step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,6 +96,7 @@ class StageTrainer:
     # ------------------------------------------------------------------------------------------- build
     def _build(self) -> None:
         cfg = self.cfg
+        dist.init_distributed()  # no-op when the run already set it up
         seed_everything(cfg.run.seed)
         self.model, self.tokenizer = build_vlm(cfg.model, dtype=model_dtype(cfg))
         self.plan = apply_region(self.model, cfg.region)
@@ -149,7 +164,22 @@ class StageTrainer:
         return loss
 
     # -------------------------------------------------------------------------------------------- loop
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
     def run(self) -> dict:
+        """Train the stage; on SIGTERM/SIGUSR1 finish the step, checkpoint, and raise Preempted."""
+        self.stop_requested = False
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {sig: signal.signal(sig, self._request_stop) for sig in PREEMPT_SIGNALS}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> dict:
         self._build()
         step, data_position, skipped = self._restore() if self.resume else (0, 0, Counter())
         logger = MetricsLogger(
@@ -206,6 +236,13 @@ class StageTrainer:
             save_every = self.cfg.train.save_every
             if step == self.total_steps or (save_every and step % save_every == 0):
                 self._save(step, data_position, skipped)
+            # Every rank must agree to stop at the same step (a signal may reach them at different times).
+            (stop,) = dist.all_reduce_sum([1.0 if self.stop_requested else 0.0])
+            if stop and step < self.total_steps:
+                if not (save_every and step % save_every == 0):
+                    self._save(step, data_position, skipped)
+                logger.close()
+                raise Preempted(step)
         wall = time.perf_counter() - started
         if self.data.has_eval:
             last_eval = self._held_out(step, dtype)
