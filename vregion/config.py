@@ -112,11 +112,15 @@ class LoraConfig:
 class RegionConfig:
     strategy: str = _f(
         "uniform",
-        "none (projector only) | all (full fine-tuning) | uniform | bottom | top | middle | bottom-top | list",
+        "none (projector only) | all (full fine-tuning) | uniform | bottom | top | middle | bottom-top | list | "
+        "metric (the most important layers by `metric` from a `scores` file)",
     )
     count: Optional[int] = _f(None, "number of region layers (overrides fraction)")
     fraction: float = _f(0.25, "share of decoder layers in the region when count is unset")
     layers: Optional[list] = _f(None, "explicit 0-based layer indices (strategy: list)")
+    scores: Optional[str] = _f(None, "strategy metric: layers.json written by `vregion analyze`")
+    metric: str = _f("angular", "strategy metric: the column ranked (angular, bi, bi_multimodal, param_relative, ...)")
+    spread: bool = _f(True, "strategy metric: never pick two adjacent layers")
     mode: str = _f("full", "full (all parameters of region layers) | lora (LoRA on their 7 linears)")
     lora: LoraConfig = _f(LoraConfig(), "LoRA hyperparameters for mode: lora")
     train_projector: bool = _f(True, "train the projector")

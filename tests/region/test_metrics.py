@@ -152,3 +152,20 @@ def test_scores_from_table_validates():
         scores_from_table(rows, "bogus")
     with pytest.raises(ValueError, match="base"):
         scores_from_table([{"layer": 0, "param_l2": None}], "param_l2")
+
+
+def test_metric_strategy_picks_the_top_ranked_layers_from_an_analyze_table(tmp_path):
+    """region.strategy=metric ranks layers by a column of layers.json; spread keeps them non-adjacent."""
+    import json
+
+    from vregion.config import RegionConfig
+    from vregion.region.apply import region_layers_for
+
+    angular = [0.9, 0.1, 0.8, 0.7, 0.2, 0.3, 0.6, 0.05]
+    (tmp_path / "layers.json").write_text(json.dumps({"layers": [{"layer": i, "angular": a} for i, a in enumerate(angular)]}))
+    cfg = RegionConfig(strategy="metric", scores=str(tmp_path / "layers.json"), metric="angular", count=3, spread=False)
+    assert region_layers_for(cfg, 8) == [0, 2, 3]
+    cfg.spread = True
+    assert region_layers_for(cfg, 8) == [0, 2, 6]
+    with pytest.raises(ValueError, match="has 10"):
+        region_layers_for(cfg, 10)

@@ -27,7 +27,6 @@ from vregion.models.checkpoint import MODEL_FILE, load_checkpoint, read_state_di
 from vregion.region.metrics import LayerStats, add_parameter_change, layer_metrics, parameter_change
 from vregion.region.prune import prune_layers, save_pruned_checkpoint
 from vregion.region.ranking import least_important_outside, scores_from_table
-from vregion.region.select import select_layers
 
 PLOT_GROUPS = {
     "block influence": ("bi", "bi_visual", "bi_text", "bi_multimodal"),
@@ -41,8 +40,10 @@ def region_layers(config_dict: dict, num_layers: int) -> list[int]:
     region = config_dict.get("region") or {}
     if not region:
         return []
-    return select_layers(region.get("strategy", "uniform"), num_layers, region.get("count"),
-                         region.get("fraction"), region.get("layers"))
+    from vregion.config import RegionConfig, from_dict
+    from vregion.region.apply import region_layers_for
+
+    return region_layers_for(from_dict(RegionConfig, region, "region"), num_layers)
 
 
 def _data_settings(config_dict: dict) -> tuple[str, int]:

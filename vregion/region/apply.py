@@ -110,6 +110,26 @@ def set_trainable(model: nn.Module, names: set[str]) -> None:
         p.requires_grad_(name in names)
 
 
+def region_layers_for(cfg: RegionConfig, num_layers: int) -> list[int]:
+    """The region of a config: a rule from select_layers, or (strategy `metric`) the top-ranked layers of a
+    `vregion analyze` table, `spread` keeping chosen layers apart."""
+    if cfg.strategy != "metric":
+        return select_layers(cfg.strategy, num_layers, cfg.count, cfg.fraction, cfg.layers)
+    if cfg.scores is None:
+        raise ValueError("region.strategy=metric needs region.scores (layers.json from `vregion analyze`)")
+    import json
+    from pathlib import Path
+
+    from vregion.region.ranking import rank_layers, scores_from_table
+    from vregion.region.select import resolve_count
+
+    table = json.loads(Path(cfg.scores).expanduser().read_text())
+    scores = scores_from_table(table["layers"] if isinstance(table, dict) else table, cfg.metric)
+    if len(scores) != num_layers:
+        raise ValueError(f"{cfg.scores} scores {len(scores)} layers, the model has {num_layers}")
+    return rank_layers(scores, resolve_count(num_layers, cfg.count, cfg.fraction), spread=cfg.spread)
+
+
 def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
     """Freeze the model, then make the region (and the parts the config asks for) trainable.
 
@@ -131,7 +151,7 @@ def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
     if cfg.mode not in MODES:
         raise ValueError(f"unknown region mode {cfg.mode!r}; valid modes: {', '.join(MODES)}")
     num_layers = len(decoder_layers(model))
-    layers = select_layers(cfg.strategy, num_layers, cfg.count, cfg.fraction, cfg.layers)
+    layers = region_layers_for(cfg, num_layers)
     existing = lora_layers(model)
     if existing:
         # A second stage in the same process: reuse matching adapters, refuse to mix regions silently.

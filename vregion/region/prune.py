@@ -88,15 +88,14 @@ def export_llm(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
 
 def pruned_config(config_dict: dict, llm_path: Path, drop: Sequence[int], num_layers: int) -> dict:
     """The checkpoint config after pruning: LLM from `llm_path`, region renumbered as an explicit list."""
-    from vregion.region.select import select_layers
+    from vregion.region.analyze import region_layers
 
     out = copy.deepcopy(config_dict)
     llm = out.setdefault("model", {}).setdefault("llm", {})
     llm.update(path=str(llm_path.resolve()), gguf_file=None, tiny=None)
     region = out.get("region")
     if region:
-        layers = select_layers(region.get("strategy", "uniform"), num_layers, region.get("count"),
-                               region.get("fraction"), region.get("layers"))
+        layers = region_layers(out, num_layers)
         # A rule such as uniform/0.25 would pick other layers at the new depth: freeze the renumbered set.
         if region.get("strategy") not in ("none", "all") and layers:
             region.update(strategy="list", count=None, layers=renumber(layers, drop, num_layers))
