@@ -56,6 +56,11 @@ def _bench(args: argparse.Namespace) -> int:
     stage = stages[-1] if args.stage is None else next((s for s in stages if s.stage_name == args.stage), None)
     if stage is None:
         raise ConfigError(f"no stage {args.stage!r}; stages: {', '.join(names)}")
+    if args.plan:
+        from vregion.engine.plan import plan_text
+
+        print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
+        return 0
     from vregion.engine.bench import run_bench
     from vregion.engine.run import prepare_data
 
@@ -147,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="A B C rounds")
     bench.add_argument("--steps", type=int, default=2, help="optimizer steps per variant per round")
     bench.add_argument("--out", default=None, help="folder for bench.json / bench.md (default: <run>/bench)")
+    bench.add_argument("--plan", action="store_true",
+                       help="print the analytic plan (params, FLOPs, memory per GPU, epoch time) instead of running")
+    bench.add_argument("--gpus", type=int, default=1, help="--plan: GPUs (data-parallel ranks)")
+    bench.add_argument("--gpu", default="h100", help="--plan: h100 | h200 | a100 | a peak in bf16 TFLOP/s")
+    bench.add_argument("--samples", type=int, default=665_000, help="--plan: samples in one epoch")
+    bench.add_argument("--tokens-per-sample", type=int, default=None,
+                       help="--plan: LLM tokens per sample (default: visual tokens + 256, capped by data.max_length)")
     bench.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="build webdataset shards").add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,105 @@
+"""The analytic plan: parameter and FLOP counts against hand computations, optimizer state against a built model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vregion.config import Config, DeepSpeedConfig, LoraConfig, RegionConfig, load_config
+from vregion.engine.plan import (
+    PRESETS,
+    LLMShape,
+    Variant,
+    VisionShape,
+    VLMShape,
+    memory_per_gpu,
+    param_counts,
+    plan_rows,
+    sample_flops,
+    shape_from_config,
+    trainable_params,
+    variant_from_spec,
+)
+
+TINY_YAML = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+# hidden 8, intermediate 16, 2 layers, 2 heads of 4, 1 kv head, vocab 10; a 100-parameter ViT of width 4, 4 tokens.
+SMALL = VLMShape(LLMShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, vocab=10),
+                 VisionShape(params=100, tokens=4, hidden=4, layers_run=1))
+
+
+def test_param_counts_by_hand():
+    # q 8*8 + k 8*4 + v 8*4 + o 8*8 + gate/up/down 3 * 8*16 = 64 + 32 + 32 + 64 + 384 = 576; + 2 norms of 8
+    # projector mlp2x_gelu: (4*8 + 8) + (8*8 + 8) = 112; embeddings = lm_head = 10*8 = 80; final norm 8
+    counts = param_counts(SMALL)
+    assert counts == {"vision": 100, "projector": 112, "embeddings": 80, "layer": 592, "layers": 1184,
+                      "norm": 8, "lm_head": 80, "total": 100 + 112 + 80 + 1184 + 8 + 80}
+    lora = trainable_params(SMALL, RegionConfig(strategy="list", layers=[1], mode="lora", lora=LoraConfig(r=2)))
+    # r * (in + out) per linear: 2 * (16 + 12 + 12 + 16 + 24 + 24 + 24) = 256, + projector
+    assert (lora["region"], lora["total"]) == (256, 256 + 112)
+
+
+def test_flops_by_hand():
+    t = 6
+    vision = 2 * 100 * (4 + 1) + 4 * (4 + 1) ** 2 * 4 * 1  # linears on 4 patches + CLS, attention of 1 layer
+    proj = 2 * 112 * 4
+    lin, attn = 2 * 576 * t, 4 * t * t * 2 * 4  # per layer: linears, attention scores + values (heads * hd = 8)
+    head = 2 * 10 * 8 * t
+    forward = vision + proj + 2 * (lin + attn) + head
+
+    frozen_projector = Variant("r", RegionConfig(strategy="list", layers=[1], train_projector=False))
+    f = sample_flops(SMALL, frozen_projector, t)
+    assert f.forward == forward
+    # nothing below layer 1 trains: layer 0 needs no backward, layer 1 only its weight gradient, head its input grad
+    assert f.backward == lin + head
+
+    trained_projector = Variant("r", RegionConfig(strategy="list", layers=[1]))
+    f = sample_flops(SMALL, trained_projector, t, gradient_checkpointing=True)
+    # projector weight grad; both layers' activation grads (attention 2x); layer 1's weight grad; head input grad
+    assert f.backward == proj + 2 * (lin + 2 * attn) + lin + head
+    assert f.recompute == 2 * (lin + attn)
+
+
+def test_pooling_shortens_layers_from_k():
+    shape = PRESETS["llava-1.5-7b"]
+    base = variant_from_spec("region", RegionConfig())
+    pooled = variant_from_spec("region@2/8", RegionConfig())
+    t = 576 + 256
+    a, b = sample_flops(shape, base, t), sample_flops(shape, pooled, t)
+    lin = 2 * shape.llm.linear_params
+    # layers 2..31 run on 256 + 72 tokens instead of 832 (LoRA-free, so linears are exactly params * tokens)
+    attn = lambda n: 4 * n * n * 4096  # noqa: E731
+    saved_fwd = 30 * (lin * (t - 328) + attn(t) - attn(328)) + 2 * 32000 * 4096 * (t - 328)
+    assert a.forward - b.forward == pytest.approx(saved_fwd)
+
+
+def test_adam_state_matches_the_built_tiny_model():
+    from vregion.models import build_vlm
+    from vregion.region import apply_region
+
+    cfg = load_config(TINY_YAML).stage_configs()[-1]
+    model, _ = build_vlm(cfg.model)
+    apply_region(model, cfg.region)
+    measured = sum(p.numel() for p in model.parameters() if p.requires_grad) * 8  # two fp32 Adam moments
+    shape = shape_from_config(cfg.model)
+    assert param_counts(shape)["total"] == sum(p.numel() for p in model.parameters())
+    predicted = memory_per_gpu(shape, Variant("region", cfg.region), cfg.deepspeed, 1, 8, 64, False)
+    assert predicted["adam_moments"] == measured
+    # 2 of 8 layers (hidden 64, inter 128, 4 heads, 2 kv heads): 2 * (2*64*64 + 2*64*32 + 3*64*128 + 128)
+    # + projector (32*64 + 64) + (64*64 + 64)
+    assert measured == 8 * (2 * (8192 + 4096 + 24576 + 128) + 2112 + 4160)
+
+
+def test_13b_region_lora_fits_80gb_and_full_does_not():
+    cfg = Config()
+    cfg.model.gradient_checkpointing = True
+    cfg.train.micro_batch_size = 16
+    cfg.region = RegionConfig(mode="lora", lora=LoraConfig(r=128, alpha=256, dropout=0.05))
+    shape = PRESETS["llava-1.5-13b"]
+    for stage in (2, 3):
+        cfg.deepspeed = DeepSpeedConfig(zero_stage=stage, precision="bf16")
+        rows = {r.variant: r for r in plan_rows(shape, cfg, n_gpus=1, peak=989.0)}
+        assert rows["region-lora"].fits
+        assert not rows["full"].fits
+        # full fine-tuning: 16 bytes per trainable parameter alone exceed 80 GB
+        assert rows["full"].memory["optimizer"] + rows["full"].memory["grads"] > 80e9

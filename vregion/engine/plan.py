@@ -1,0 +1,454 @@
+"""`vregion bench --plan`: an analytic cost model (parameters, FLOPs, memory per GPU, wall time) from model shapes.
+
+Nothing here builds weights: an LLM is its shape (`LLMShape`), a vision tower its parameter count, token
+count and width (`VisionShape`). The model answers "what does a visual region save before I rent GPUs":
+trainable parameters, FLOPs per optimizer step actually done, memory per GPU under ZeRO 0-3, and the wall
+time of one epoch at an assumed (or measured) throughput. Every estimate is documented where it is made;
+the memory model ignores allocator fragmentation beyond a fixed reserve, so treat "fits" near the limit as
+"measure it".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from vregion.compress.schedule import scale_layer
+from vregion.config import Config, DeepSpeedConfig, ModelConfig, RegionConfig, _deep_merge, from_dict, to_dict
+from vregion.region.apply import region_layers_for
+
+GB = 1e9
+PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}  # bf16 dense tensor-core peaks
+TEXT_TOKENS_ESTIMATE = 256  # assumed text tokens per LLaVA-665K sample (single image) when not measured
+RESERVE_BYTES = 2.0 * GB  # CUDA context, NCCL buffers, allocator slack: not modelled, so reserved
+# Region overrides of the compared variants (the names `vregion bench --variants` uses), with optional pooling.
+PLAN_VARIANTS = ("full", "region", "region-lora", "region@2/8", "region-lora@2/8")
+VARIANT_REGIONS = {
+    "full": {"strategy": "all", "mode": "full"},
+    "region": {"strategy": "uniform", "mode": "full"},
+    "region-lora": {"strategy": "uniform", "mode": "lora"},
+    "projector": {"strategy": "none"},
+}
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+@dataclass(frozen=True)
+class LLMShape:
+    """A llama-style decoder: 7 bias-free linears per layer (q, k, v, o, gate, up, down) and 2 RMSNorms."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: Optional[int] = None  # None: hidden // heads
+    tied: bool = False  # lm_head shares the input embedding
+    qkv_bias: bool = False  # qwen2
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of the 7 linears of one layer."""
+        h, q, kv, i = self.hidden, self.heads * self.hd, self.kv_heads * self.hd, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def linear_params(self) -> int:
+        bias = (self.heads + 2 * self.kv_heads) * self.hd if self.qkv_bias else 0
+        return sum(a * b for a, b in self.linears().values()) + bias
+
+    @property
+    def layer_params(self) -> int:
+        return self.linear_params + 2 * self.hidden  # + input and post-attention RMSNorm weights
+
+    def lora_params(self, r: int) -> int:
+        """LoRA adapters of one layer: A (r x in) + B (out x r) on each of the 7 linears."""
+        return sum(r * (a + b) for a, b in self.linears().values())
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """A ViT: total parameters, patch tokens fed to the projector, width, and layers run (feature layer -2: L - 1)."""
+
+    params: int
+    tokens: int
+    hidden: int
+    layers_run: int
+
+
+def clip_vision_shape(hidden: int, intermediate: int, layers: int, image_size: int, patch_size: int,
+                      feature_layer: int = -2) -> VisionShape:
+    """HF CLIPVisionModel's exact parameter count: embeddings (class, bias-free patch conv, positions incl. CLS),
+    pre/post LayerNorm, and per layer 4 biased attention linears, a biased 2-linear MLP and 2 LayerNorms."""
+    d, i, n = hidden, intermediate, (image_size // patch_size) ** 2
+    embeddings = d + 3 * patch_size**2 * d + (n + 1) * d
+    layer = 4 * (d * d + d) + (d * i + i) + (i * d + d) + 2 * 2 * d
+    run = layers + 1 + feature_layer if feature_layer < 0 else feature_layer
+    return VisionShape(embeddings + 2 * 2 * d + layers * layer, n, d, run)
+
+
+@dataclass(frozen=True)
+class VLMShape:
+    """Vision tower -> projector (linear | mlp2x_gelu) -> LLM."""
+
+    llm: LLMShape
+    vision: VisionShape
+    projector: str = "mlp2x_gelu"
+    projector_hidden: Optional[int] = None  # mlp2x_gelu inner width; None: the LLM's hidden size
+
+    @property
+    def projector_params(self) -> int:
+        v, h = self.vision.hidden, self.llm.hidden
+        if self.projector == "linear":
+            return v * h + h
+        m = self.projector_hidden or h
+        return (v * m + m) + (m * h + h)
+
+
+VICUNA_7B = LLMShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
+VICUNA_13B = LLMShape(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40, vocab=32000)
+CLIP_L336 = clip_vision_shape(1024, 4096, 24, 336, 14)  # 303.5M parameters, 576 patch tokens
+PRESETS = {"llava-1.5-7b": VLMShape(VICUNA_7B, CLIP_L336), "llava-1.5-13b": VLMShape(VICUNA_13B, CLIP_L336)}
+# Hub ids whose shapes are known, so a shipped config plans without network or downloaded configs.
+KNOWN_LLMS = {"lmsys/vicuna-7b-v1.5": VICUNA_7B, "lmsys/vicuna-13b-v1.5": VICUNA_13B}
+KNOWN_VISION = {"openai/clip-vit-large-patch14-336": CLIP_L336}
+
+
+def get_preset(name: str) -> VLMShape:
+    if name not in PRESETS:
+        raise ValueError(f"unknown plan preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _llm_shape(cfg: ModelConfig) -> LLMShape:
+    if cfg.llm.path in KNOWN_LLMS:
+        return KNOWN_LLMS[cfg.llm.path]
+    if cfg.llm.tiny is not None:
+        from vregion.models.llm import TINY_FAMILIES
+
+        tiny = dict(cfg.llm.tiny)
+        hf = TINY_FAMILIES[tiny.pop("family", "llama")](tiny)
+        family = "qwen2" if hf.model_type == "qwen2" else "llama"
+    elif cfg.llm.path is not None:
+        from transformers import AutoConfig
+
+        hf = AutoConfig.from_pretrained(cfg.llm.path, local_files_only=True)
+        family = hf.model_type
+    else:
+        raise ValueError("model.llm needs `path` or `tiny` to plan")
+    if family not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"plan models llama-style LLMs (llama, mistral, qwen2), not {family!r}")
+    return LLMShape(hf.hidden_size, hf.intermediate_size, hf.num_hidden_layers, hf.num_attention_heads,
+                    hf.num_key_value_heads or hf.num_attention_heads, hf.vocab_size,
+                    getattr(hf, "head_dim", None), bool(hf.tie_word_embeddings), family == "qwen2")
+
+
+def _vision_shape(cfg: ModelConfig) -> VisionShape:
+    if cfg.vision.path in KNOWN_VISION:
+        return KNOWN_VISION[cfg.vision.path]
+    if cfg.vision.type != "clip":
+        raise ValueError(f"plan models clip vision towers (or known hub ids), not {cfg.vision.type!r}")
+    if cfg.vision.tiny is not None:
+        from vregion.models.backbones import TINY_VIT_DEFAULTS
+
+        c = TINY_VIT_DEFAULTS | dict(cfg.vision.tiny)
+        return clip_vision_shape(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
+                                 cfg.vision.image_size or c["image_size"], c["patch_size"], cfg.vision.feature_layer)
+    from transformers import CLIPVisionConfig
+
+    c = CLIPVisionConfig.from_pretrained(cfg.vision.path, local_files_only=True)
+    return clip_vision_shape(c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                             cfg.vision.image_size or c.image_size, c.patch_size, cfg.vision.feature_layer)
+
+
+def shape_from_config(cfg: ModelConfig) -> VLMShape:
+    """The shape of a config's model: known hub ids, tiny configs, or local HF folders (configs only)."""
+    return VLMShape(_llm_shape(cfg), _vision_shape(cfg), cfg.projector.type, cfg.projector.hidden_size)
+
+
+# ------------------------------------------------------------------------------------------ parameters
+def param_counts(shape: VLMShape) -> dict[str, int]:
+    """Parameters per component; `layer` is one decoder layer, `layers` all of them."""
+    llm = shape.llm
+    counts = {
+        "vision": shape.vision.params,
+        "projector": shape.projector_params,
+        "embeddings": llm.vocab * llm.hidden,
+        "layer": llm.layer_params,
+        "layers": llm.layers * llm.layer_params,
+        "norm": llm.hidden,
+        "lm_head": 0 if llm.tied else llm.vocab * llm.hidden,
+    }
+    counts["total"] = sum(v for k, v in counts.items() if k != "layer")
+    return counts
+
+
+def trainable_params(shape: VLMShape, region: RegionConfig) -> dict[str, int]:
+    """Trainable parameters per component under `region`, mirroring `vregion.region.trainable_names`.
+
+    `region` and `lora` are the region layers' parameters (mode full) or their adapters (mode lora);
+    `lora_total` counts every adapter (they are weights too, trainable or not).
+    """
+    llm, counts = shape.llm, param_counts(shape)
+    layers = region_layers_for(region, llm.layers)
+    whole = region.strategy == "all" and region.mode == "full"
+    lora = llm.lora_params(region.lora.r) * len(layers) if region.mode == "lora" else 0
+    out = {
+        "vision": counts["vision"] if region.train_vision else 0,
+        "projector": counts["projector"] if region.train_projector else 0,
+        "region": counts["layers"] if whole else (lora if region.mode == "lora" else len(layers) * llm.layer_params),
+        "embeddings": counts["embeddings"] if whole or region.train_embeddings or (llm.tied and region.train_lm_head)
+        else 0,
+        "lm_head": counts["lm_head"] if whole or region.train_lm_head else 0,
+        "norm": 0,
+    }
+    if whole or region.train_norms:
+        full_region = len(layers) if region.mode == "full" and not whole else (llm.layers if whole else 0)
+        out["norm"] = llm.hidden + (0 if whole else 2 * llm.hidden * (llm.layers - full_region))
+    out["total"] = sum(out.values())
+    out["lora_total"] = lora
+    return out
+
+
+# --------------------------------------------------------------------------------------------- FLOPs
+@dataclass(frozen=True)
+class Variant:
+    """One compared setting: a region config and optional pooling (K for a 32-layer LLM, stride S)."""
+
+    name: str
+    region: RegionConfig
+    pooling: Optional[tuple[int, int]] = None
+
+
+def variant_from_spec(spec: str, base: RegionConfig) -> Variant:
+    """`region-lora@2/8` -> the base region with VARIANT_REGIONS' overrides, pooling at K=2 with stride 8."""
+    name, _, pooling = spec.partition("@")
+    if name not in VARIANT_REGIONS:
+        raise ValueError(f"unknown plan variant {name!r} in {spec!r}; valid: {', '.join(VARIANT_REGIONS)} (+ @K/S)")
+    region = from_dict(RegionConfig, _deep_merge(to_dict(base), VARIANT_REGIONS[name]), "region")
+    k_s = tuple(int(x) for x in pooling.split("/")) if pooling else None
+    return Variant(spec, region, k_s)
+
+
+def layer_tokens(shape: VLMShape, tokens: int, pooling: Optional[tuple[int, int]]) -> list[int]:
+    """Sequence length entering each decoder layer: layers >= K see ceil(V / S) instead of V visual tokens."""
+    if pooling is None:
+        return [tokens] * shape.llm.layers
+    k = scale_layer(pooling[0], shape.llm.layers) if pooling[0] else 0
+    v = shape.vision.tokens
+    pooled = tokens - v + -(-v // pooling[1])
+    return [tokens if i < k else pooled for i in range(shape.llm.layers)]
+
+
+@dataclass
+class Flops:
+    """FLOPs for one sample; `model` = forward + backward, `total` adds gradient-checkpointing recompute."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+    recompute: float = 0.0
+
+    @property
+    def model(self) -> float:
+        return self.forward + self.backward
+
+    @property
+    def total(self) -> float:
+        return self.model + self.recompute
+
+
+def lowest_trainable(shape: VLMShape, region: RegionConfig) -> int:
+    """Index of the lowest decoder layer with trainable weights; -1 when something at the input trains
+    (projector, vision, embeddings, every layer's norms), so gradients flow through every layer."""
+    layers = region_layers_for(region, shape.llm.layers)
+    below = region.train_vision or region.train_projector or region.train_embeddings or region.train_norms
+    if below or (region.strategy == "all" and region.mode == "full"):
+        return -1
+    return min(layers, default=shape.llm.layers)
+
+
+def sample_flops(shape: VLMShape, variant: Variant, tokens: int, gradient_checkpointing: bool = False) -> Flops:
+    """FLOPs of one training sample of `tokens` LLM tokens (visual tokens included).
+
+    Forward: 2 * params * tokens per linear, + 4 * T^2 * d per attention (QK^T and PV, causal mask not
+    halved, as sdpa/flash kernels on padded batches mostly do not skip it). Backward of a module: the
+    activation gradient (~= its forward; 2x forward for attention: dP, dV, dQ, dK) when anything below it
+    trains, + the weight gradient (~= the forward of its trainable weights: the adapters only for LoRA).
+    The frozen vision tower runs forward only. With gradient checkpointing, every decoder layer that takes
+    part in backward runs its forward again.
+    """
+    llm, region = shape.llm, variant.region
+    vis, f = shape.vision, Flops()
+    f.forward += 2 * vis.params * (vis.tokens + 1) + 4 * (vis.tokens + 1) ** 2 * vis.hidden * vis.layers_run
+    proj = 2 * shape.projector_params * vis.tokens
+    f.forward += proj
+    train = trainable_params(shape, region)
+    layers = set(region_layers_for(region, llm.layers))
+    whole = region.strategy == "all" and region.mode == "full"
+    lora_layer = llm.lora_params(region.lora.r) if region.mode == "lora" else 0
+    lowest = lowest_trainable(shape, region)
+    if region.train_projector or region.train_vision:
+        f.backward += proj  # weight gradient
+    if region.train_vision:
+        f.backward += proj + 2 * (f.forward - proj)  # projector activation grad + the tower's both gradients
+    for i, t in enumerate(layer_tokens(shape, tokens, variant.pooling)):
+        lin = 2 * llm.linear_params * t + (2 * lora_layer * t if i in layers else 0)
+        attn = 4 * t * t * llm.heads * llm.hd
+        f.forward += lin + attn
+        if i > lowest:
+            f.backward += lin + 2 * attn  # activation gradient
+        if whole or (i in layers and region.mode == "full"):
+            f.backward += 2 * llm.linear_params * t  # weight gradient
+        elif i in layers:
+            f.backward += 2 * lora_layer * t
+        if gradient_checkpointing and i >= lowest:
+            f.recompute += lin + attn
+    t_out = layer_tokens(shape, tokens, variant.pooling)[-1]
+    head = 2 * llm.vocab * llm.hidden * t_out
+    f.forward += head
+    f.backward += head * (lowest < llm.layers) + (head if train["lm_head"] or (llm.tied and train["embeddings"]) else 0)
+    return f
+
+
+def mfu(flops_per_step: float, step_s: float, n_gpus: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: FLOPs done per second over the peak of all GPUs."""
+    return flops_per_step / step_s / (n_gpus * peak_tflops * 1e12)
+
+
+def peak_tflops(gpu: str) -> float:
+    """`h100` | `h200` | `a100`, or a number of TFLOP/s."""
+    if gpu.lower() in PEAK_TFLOPS:
+        return PEAK_TFLOPS[gpu.lower()]
+    try:
+        return float(gpu)
+    except ValueError:
+        raise ValueError(f"unknown GPU {gpu!r}; valid: {', '.join(PEAK_TFLOPS)} or a peak in TFLOP/s") from None
+
+
+# -------------------------------------------------------------------------------------------- memory
+def activation_bytes(shape: VLMShape, variant: Variant, micro_tokens: int, tokens: int,
+                     gradient_checkpointing: bool, bytes_per: int = 2) -> float:
+    """Activations kept for backward on one GPU, for a micro-batch of `micro_tokens` tokens.
+
+    Per token, a llama layer saves (elements): its input and the attention-norm output (2h), q, k, v
+    (h + 2 kv), the attention output (h; sdpa keeps no T x T scores), the MLP-norm input and output (2h),
+    gate, up, silu(gate) and their product (4i): 5h + 2kv + 4i, at `bytes_per` bytes. Layers below the
+    lowest trainable module save nothing. With checkpointing, a layer keeps only its input (h) and one
+    layer's full set is live during its recompute. Logits add 6 bytes x vocab per output token (bf16
+    logits + their fp32 upcast for the loss). Pooled layers scale by their shorter length.
+    """
+    llm, region = shape.llm, variant.region
+    full_layer = 5 * llm.hidden + 2 * llm.kv_heads * llm.hd + 4 * llm.intermediate
+    lowest = lowest_trainable(shape, region)
+    scale = micro_tokens / tokens
+    lengths = [t * scale for i, t in enumerate(layer_tokens(shape, tokens, variant.pooling)) if i >= lowest]
+    if gradient_checkpointing:
+        kept = sum(lengths) * llm.hidden + max(lengths, default=0) * full_layer
+    else:
+        kept = sum(lengths) * full_layer
+    logits = 6 * llm.vocab * layer_tokens(shape, tokens, variant.pooling)[-1] * scale
+    return kept * bytes_per + logits
+
+
+def memory_per_gpu(shape: VLMShape, variant: Variant, ds: DeepSpeedConfig, n_gpus: int, micro_batch: int,
+                   tokens: int, gradient_checkpointing: bool) -> dict[str, float]:
+    """Bytes per GPU (and on CPU for offload) by kind.
+
+    Weights (every parameter, frozen ones too, adapters included) at 2 bytes (bf16/fp16) or 4 (fp32);
+    gradients of trainable parameters at the same width; optimizer state of trainable parameters: fp32
+    master (4 bytes, only with 16-bit training) + two fp32 Adam moments (8 bytes). ZeRO >= 1 partitions
+    the optimizer state over `n_gpus`, >= 2 the gradients too, 3 the weights too (+ two layers gathered
+    at a time); offload moves optimizer state (and with offload_params, ZeRO-3 weights) to CPU.
+    """
+    width = 4 if ds.precision == "fp32" else 2
+    train = trainable_params(shape, variant.region)
+    params = param_counts(shape)["total"] + train["lora_total"]
+    n, stage = n_gpus, ds.zero_stage
+    m = {"weights": params * width / (n if stage == 3 else 1)}
+    if stage == 3:
+        m["weights"] = 0.0 if ds.offload_params else m["weights"]
+        m["weights"] += 2 * shape.llm.layer_params * width  # layers gathered for compute / prefetch
+    m["grads"] = train["total"] * width / (n if stage >= 2 else 1)
+    master = 0 if ds.precision == "fp32" else 4
+    optim = train["total"] * (master + 8) / (n if stage >= 1 else 1)
+    m["adam_moments"] = train["total"] * 8 / (n if stage >= 1 else 1)
+    m["optimizer"] = 0.0 if ds.offload_optimizer else optim
+    m["activations"] = activation_bytes(shape, variant, micro_batch * tokens, tokens, gradient_checkpointing, width)
+    m["reserve"] = RESERVE_BYTES
+    m["gpu_total"] = m["weights"] + m["grads"] + m["optimizer"] + m["activations"] + m["reserve"]
+    m["cpu"] = (optim if ds.offload_optimizer else 0) + (params * width / n if stage == 3 and ds.offload_params else 0)
+    return m
+
+
+# ---------------------------------------------------------------------------------------------- plan
+@dataclass
+class PlanRow:
+    variant: str
+    trainable: int
+    flops_per_sample: float  # model FLOPs (forward + backward), for MFU
+    memory: dict
+    tokens_per_s: float
+    hours: float
+    gpu_hours: float
+    fits: bool
+
+
+def plan_rows(shape: VLMShape, cfg: Config, n_gpus: int, peak: float, samples: int = 665_000,
+              tokens_per_sample: Optional[int] = None, mfu_assumed: float = 0.4,
+              variants: tuple[str, ...] = PLAN_VARIANTS, gpu_memory_gb: float = 80.0) -> list[PlanRow]:
+    """One row per variant: trainable params, FLOPs, memory per GPU, and one epoch's wall time at `mfu_assumed`.
+
+    Throughput is tokens/s = mfu * peak * n_gpus / (FLOPs per token incl. recompute); the same MFU for every
+    variant, which flatters light variants whose fixed costs (data, optimizer, communication) weigh more.
+    """
+    tokens = tokens_per_sample or default_tokens_per_sample(shape, cfg)
+    rows = []
+    for spec in variants:
+        v = variant_from_spec(spec, cfg.region)
+        gc = cfg.model.gradient_checkpointing
+        f = sample_flops(shape, v, tokens, gc)
+        mem = memory_per_gpu(shape, v, cfg.deepspeed, n_gpus, cfg.train.micro_batch_size, tokens, gc)
+        tps = mfu_assumed * peak * 1e12 * n_gpus / (f.total / tokens)
+        hours = samples * tokens / tps / 3600
+        rows.append(PlanRow(spec, trainable_params(shape, v.region)["total"], f.model, mem, tps, hours,
+                            hours * n_gpus, mem["gpu_total"] <= gpu_memory_gb * GB))
+    return rows
+
+
+def default_tokens_per_sample(shape: VLMShape, cfg: Config) -> int:
+    """Visual tokens + TEXT_TOKENS_ESTIMATE, capped by data.max_length."""
+    return min(cfg.data.max_length, shape.vision.tokens + TEXT_TOKENS_ESTIMATE)
+
+
+def format_plan(rows: list[PlanRow], title: str = "", gpu_memory_gb: float = 80.0) -> str:
+    """Markdown table of plan rows; memory in GB (1e9 bytes)."""
+    lines = [title] if title else []
+    lines += [f"| variant | trainable params | TFLOPs/sample | weights | grads | optimizer | activations | "
+              f"GPU total (GB) | fits in {gpu_memory_gb:g} GB? | tokens/s | wall (h) | GPU-hours |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = {k: v / GB for k, v in r.memory.items()}
+        cpu = f" (+{m['cpu']:.0f} CPU)" if m["cpu"] else ""
+        lines.append(
+            f"| {r.variant} | {r.trainable / 1e6:,.1f}M | {r.flops_per_sample / 1e12:.1f} | {m['weights']:.1f} | "
+            f"{m['grads']:.1f} | {m['optimizer']:.1f} | {m['activations']:.1f} | {m['gpu_total']:.1f}{cpu} | "
+            f"{'yes' if r.fits else 'no'} | {r.tokens_per_s:,.0f} | {r.hours:,.1f} | {r.gpu_hours:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plan_text(cfg: Config, n_gpus: int = 1, gpu: str = "h100", samples: int = 665_000,
+              tokens_per_sample: Optional[int] = None) -> str:
+    """The `vregion bench --plan` report for one resolved stage config."""
+    shape = shape_from_config(cfg.model)
+    tokens = tokens_per_sample or default_tokens_per_sample(shape, cfg)
+    rows = plan_rows(shape, cfg, n_gpus, peak_tflops(gpu), samples, tokens)
+    title = (f"plan: {n_gpus} x {gpu}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, micro-batch "
+             f"{cfg.train.micro_batch_size}, {tokens} tokens/sample, gradient checkpointing "
+             f"{'on' if cfg.model.gradient_checkpointing else 'off'}, {samples:,} samples, 40% MFU assumed\n")
+    return format_plan(rows, title)
