@@ -19,7 +19,10 @@ def free_port() -> int:
 
 
 def train_env() -> dict:
-    env = dict(os.environ)
+    # A test that initialised torch.distributed in this process left its rendezvous in the environment;
+    # a child must choose its own (it would otherwise collide with this process's TCP store).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", WANDB_MODE="disabled", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return env
 
