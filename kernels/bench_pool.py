@@ -68,15 +68,15 @@ def benchmark(
             hidden = torch.randn(batch, T, D, device="cuda", dtype=dtype, requires_grad=True)  # (B, T, D)
             grad = torch.randn(batch, T_out, D, device="cuda", dtype=dtype)  # (B, T', D)
 
-            def step(fn):
+            def step(fn, x, g):
                 def run():
-                    hidden.grad = None
-                    fn(hidden, start, count).backward(grad)
+                    x.grad = None
+                    fn(x, start, count).backward(g)
 
                 return run
 
-            fused = time_ms(step(fused_pool_rows), iters)
-            reference = time_ms(step(torch_pool_rows), iters)
+            fused = time_ms(step(fused_pool_rows, hidden, grad), iters)
+            reference = time_ms(step(torch_pool_rows, hidden, grad), iters)
             # Minimum traffic: forward reads B*T rows and writes B*T' rows; backward the reverse.
             moved = 2 * batch * (T + T_out) * D * hidden.element_size()
             results.append(dict(D=D, S=S, T=T, T_out=T_out, fused_ms=fused, reference_ms=reference,

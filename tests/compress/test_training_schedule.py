@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.engine.launch import REPO, read_metrics, run_train, train_command, train_env, train_losses
+from tests.engine.launch import kill_after_checkpoint, read_metrics, run_train, train_losses
 
 COMMON = ["stages=[]", "data.synthetic.num_eval=0", "eval.before_after=false", "compress.schedule=four-wider-then-deeper"]
 
@@ -43,17 +39,7 @@ def test_resume_mid_schedule_continues_in_the_same_stage_with_the_same_losses(tm
 
     killed = tmp_path / "killed"
     overrides = common + [f"run.output_dir={killed}"]
-    proc = subprocess.Popen(train_command("configs/tiny.yaml", overrides), cwd=REPO, env=train_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = killed / "checkpoints" / "step-000006" / "COMPLETE"  # step 6: inside stage 1 (steps 5-8)
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
+    kill_after_checkpoint("configs/tiny.yaml", overrides, killed, step=6)  # step 6: inside stage 1 (steps 5-8)
     run_train("configs/tiny.yaml", overrides, resume=True)
     assert stages_by_step(killed) == stages_by_step(clean)
     expected, resumed = train_losses(clean), train_losses(killed)

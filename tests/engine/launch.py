@@ -59,3 +59,24 @@ def read_metrics(stage_dir: Path) -> list[dict]:
 
 def train_losses(stage_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(stage_dir) if "loss" in r}
+
+
+def kill_after_checkpoint(config: str, overrides: list[str], run_dir: Path, step: int, nproc: int = 1) -> None:
+    """Start training, SIGKILL its whole process group once checkpoint `step` is complete, and check the run
+    was still going (so resuming it tests something)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        train_command(config, overrides, nproc), cwd=REPO, env=train_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    marker = run_dir / "checkpoints" / f"step-{step:06d}" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "final").exists(), "the run finished before the kill: nothing was tested"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -12,7 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.engine.launch import REPO, read_metrics, run_train, train_command, train_env, train_losses
+from tests.engine.launch import (
+    REPO, kill_after_checkpoint, read_metrics, run_train, train_command, train_env, train_losses,
+)
 from vregion.config import load_config
 from vregion.engine.trainer import seed_everything
 from vregion.models import build_vlm
@@ -131,19 +132,7 @@ def test_killed_run_resumes_with_identical_losses(tmp_path):
 
     killed = tmp_path / "killed"
     overrides = common + [f"run.output_dir={killed}"]
-    proc = subprocess.Popen(
-        train_command("configs/tiny.yaml", overrides, nproc=2),
-        cwd=REPO, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    marker = killed / "checkpoints" / "step-000008" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists(), "the run finished before the kill: nothing was tested"
+    kill_after_checkpoint("configs/tiny.yaml", overrides, killed, step=8, nproc=2)
 
     run_train("configs/tiny.yaml", overrides, nproc=2, resume=True)
     expected, resumed = train_losses(clean), train_losses(killed)

@@ -1,7 +1,5 @@
 """Exact-match normalisation and prompt splitting for generation-based evaluation."""
 
-import torch
-
 from vregion.data import build_loader, ImageProcessor, make_synthetic_shards
 from vregion.data.tokenizer import build_byte_tokenizer
 from vregion.eval import normalize_answer, split_prompts

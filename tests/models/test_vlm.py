@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vregion.models.vlm import VisionLanguageModel, build_vlm, causal_lm_loss
+from vregion.models.vlm import VisionLanguageModel, build_vlm
 
 from .tiny import padded_mask, tiny_model_config
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-from vregion.compress.schedule import Schedule, Stage, custom_schedule, get_schedule, inference_stage, scale_layer
+from vregion.compress.schedule import (
+    REFERENCE_LAYERS,
+    Schedule,
+    Stage,
+    _parse_setting,
+    _setting,
+    custom_schedule,
+    get_schedule,
+    inference_stage,
+    scale_layer,
+)
 from vregion.config import CompressConfig
 
 
@@ -26,8 +36,5 @@ def eval_stage(cfg: CompressConfig, schedule: Optional[Schedule], num_layers: in
         return Stage(-1, None, None)
     if cfg.inference == "auto":
         return inference_stage(schedule, num_layers=num_layers)
-    try:
-        k, s = (int(x) for x in cfg.inference.split("/"))
-    except ValueError:
-        raise ValueError(f"compress.inference must be auto, none or K/S, got {cfg.inference!r}") from None
-    return Stage(-1, scale_layer(k, num_layers) if k else 0, s) if s > 1 else Stage(-1, None, None)
+    k, s = _setting(*_parse_setting(cfg.inference, "compress.inference"), REFERENCE_LAYERS, "compress.inference")
+    return Stage(-1, None, None) if k is None else Stage(-1, scale_layer(k, num_layers), s)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
-
 import torch
 
 
@@ -69,12 +67,3 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     if torch.distributed.is_initialized() and world_size() > 1:
         torch.distributed.all_reduce(t)
     return t.tolist()
-
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's value of `obj` on every rank."""
-    if not torch.distributed.is_initialized() or world_size() == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]

@@ -6,19 +6,12 @@ import torch
 
 from vregion.config import Config
 from vregion.data import ImageProcessor, build_loader, count_samples
+from vregion.data.collate import batch_to
 from vregion.engine import distributed as dist
 
-MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_spans")
-
-
 def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    """The tensors the model's forward takes, on `device`; images in the model's compute dtype."""
-    out = {}
-    for key in MODEL_KEYS:
-        value = batch[key].to(device, non_blocking=True)
-        out[key] = value.to(dtype) if value.is_floating_point() else value
-    out["return_logits"] = False  # the loss is all training needs
-    return out
+    """The forward's arguments for a batch on `device`; the loss is all training needs, not the logits."""
+    return {**batch_to(batch, device, dtype), "return_logits": False}
 
 
 class StageData:

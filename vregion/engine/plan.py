@@ -10,8 +10,7 @@ the memory model ignores allocator fragmentation beyond a fixed reserve, so trea
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from vregion.compress.schedule import scale_layer

@@ -16,6 +16,7 @@ import torch
 
 from vregion.compress import apply_stage, build_schedule, eval_stage, stage_at
 from vregion.config import Config, to_dict
+from vregion.data import consumed_samples
 from vregion.engine import checkpoint
 from vregion.engine import distributed as dist
 from vregion.engine.ds_config import build_ds_config, grad_accum_steps
@@ -207,7 +208,7 @@ class StageTrainer:
             micro = 0
             while micro < accum:
                 batch = next(batches)
-                data_position += batch["num_samples"] + sum(batch["skipped"].values())
+                data_position += consumed_samples(batch)
                 skipped.update(batch["skipped"])
                 micro_loss = self.micro_step(batch, dtype, skipped)
                 if micro_loss is None:
@@ -218,7 +219,11 @@ class StageTrainer:
                 samples += batch["num_samples"]
             step += 1
             elapsed = time.perf_counter() - t0
-            loss_sum, tokens, samples = dist.all_reduce_sum([loss_sum, tokens, samples])
+            # One collective per step: the logged sums, and whether any rank was asked to stop (a signal may
+            # reach ranks at different times; all must stop after the same step).
+            loss_sum, tokens, samples, stop = dist.all_reduce_sum(
+                [loss_sum, tokens, samples, 1.0 if self.stop_requested else 0.0]
+            )
             loss = loss_sum / (accum * dist.world_size())
             trained_tokens += tokens
             trained_samples += samples
@@ -236,8 +241,6 @@ class StageTrainer:
             save_every = self.cfg.train.save_every
             if step == self.total_steps or (save_every and step % save_every == 0):
                 self._save(step, data_position, skipped)
-            # Every rank must agree to stop at the same step (a signal may reach them at different times).
-            (stop,) = dist.all_reduce_sum([1.0 if self.stop_requested else 0.0])
             if stop and step < self.total_steps:
                 if not (save_every and step % save_every == 0):
                     self._save(step, data_position, skipped)

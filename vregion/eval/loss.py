@@ -6,17 +6,13 @@ import math
 
 import torch
 
-MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_spans")
+from vregion.data.collate import batch_to
 
 
 def to_model(batch: dict, model: torch.nn.Module) -> dict:
     """The forward's tensors on the model's device, images in its dtype."""
     param = next(model.projector.parameters())
-    out = {}
-    for key in MODEL_KEYS:
-        value = batch[key].to(param.device)
-        out[key] = value.to(param.dtype) if value.is_floating_point() else value
-    return out
+    return batch_to(batch, param.device, param.dtype)
 
 
 def loss_inputs(batch: dict, model: torch.nn.Module) -> dict:
