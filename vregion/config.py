@@ -190,6 +190,8 @@ class EvalConfig:
     batch_size: int = _f(16, "evaluation batch size")
     max_new_tokens: int = _f(16, "generation budget per answer")
     num_examples: int = _f(4, "example answers printed per evaluation")
+    in_training: bool = _f(False, "also score VQA accuracy (eval.vqa_shards) at every held-out evaluation during "
+                                  "training: an accuracy curve in metrics.jsonl, at the cost of generation")
 
 
 @dataclass

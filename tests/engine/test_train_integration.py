@@ -108,7 +108,8 @@ def test_tiny_config_runs_from_any_directory_and_learns(tmp_path):
     """`vregion train tiny` from an unrelated folder: both stages run, the loss falls, outputs are complete."""
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    run_train("tiny", ["run.output_dir=out", "stages.1.train.max_steps=30"], cwd=workdir)
+    run_train("tiny", ["run.output_dir=out", "stages.1.train.max_steps=30", "stages.1.train.eval_every=10",
+                       "eval.in_training=true"], cwd=workdir)
     run_dir = workdir / "out"
     assert (run_dir / "config.yaml").exists()
     align, region = train_losses(run_dir / "align"), train_losses(run_dir / "region")
@@ -122,6 +123,12 @@ def test_tiny_config_runs_from_any_directory_and_learns(tmp_path):
     assert json.loads((run_dir / "align" / "summary.json").read_text())["region_layers"] == []
     records = read_metrics(run_dir / "region")
     assert all(r["tokens_per_s"] > 0 and r["step_time_s"] > 0 for r in records if "loss" in r)
+    # eval.in_training: an accuracy curve, whose last point is the final model's held-out accuracy.
+    curve = {r["step"]: r["eval_vqa_accuracy"] for r in records if "eval_vqa_accuracy" in r}
+    assert sorted(curve) == [10, 20, 30]
+    after = json.loads((run_dir / "eval_after.json").read_text())
+    assert curve[30] == after["vqa"]["accuracy"] == json.loads((run_dir / "region" / "summary.json").read_text())[
+        "eval_vqa_accuracy"]
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):

@@ -1,4 +1,4 @@
-"""Held-out loss during training, token-weighted and identical in every rank's control flow."""
+"""Held-out loss (token-weighted) and VQA accuracy during training, identical in every rank's control flow."""
 
 from __future__ import annotations
 
@@ -38,3 +38,17 @@ def held_out_loss(engine, data, max_batches: int, dtype: torch.dtype) -> float:
     loss_sum, token_sum = dist.all_reduce_sum([loss_sum, token_sum])
     engine.train(was_training)
     return loss_sum / max(token_sum, 1.0)
+
+
+def held_out_accuracy(model, tokenizer, cfg) -> float:
+    """VQA exact-match accuracy on eval.vqa_shards (the first eval.max_samples, greedy answers).
+
+    Every rank answers the same samples (the loader is not split by rank), so under ZeRO-3 all ranks run the
+    same forwards; the cost is generation repeated per rank, acceptable for a small held-out set.
+    """
+    from vregion.eval.generation import answer_accuracy
+    from vregion.eval.report import eval_batches
+
+    e = cfg.eval
+    batches = eval_batches(model, tokenizer, e.vqa_shards, cfg.model.template, cfg.data.max_length, e.batch_size)
+    return answer_accuracy(model, tokenizer, batches, e.max_samples, e.max_new_tokens, num_examples=0)["accuracy"]

@@ -20,7 +20,7 @@ from vregion.data import consumed_samples
 from vregion.engine import checkpoint
 from vregion.engine import distributed as dist
 from vregion.engine.ds_config import build_ds_config, grad_accum_steps
-from vregion.engine.evaluate import held_out_loss
+from vregion.engine.evaluate import held_out_accuracy, held_out_loss
 from vregion.engine.inputs import StageData, model_inputs
 from vregion.engine.metrics import MetricsLogger
 from vregion.engine.optim import build_optimizer, build_scheduler
@@ -156,13 +156,16 @@ class StageTrainer:
             return eval_stage(self.cfg.compress, None, self.num_layers)
         return stage_at(self.schedule, step, self.total_steps, num_layers=self.num_layers)
 
-    def _held_out(self, step: int, dtype) -> float:
-        """Held-out loss under the inference compression setting, then back to the training stage."""
+    def _held_out(self, step: int, dtype) -> dict:
+        """Held-out loss (and with eval.in_training, VQA accuracy) under the inference compression setting,
+        then back to the training stage."""
         apply_stage(self.engine.module, eval_stage(self.cfg.compress, self.schedule, self.num_layers),
                     impl=self.cfg.compress.impl)
-        loss = held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)
+        result = {"step": step, "eval_loss": held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)}
+        if self.cfg.eval.in_training and self.cfg.eval.vqa_shards:
+            result["eval_vqa_accuracy"] = held_out_accuracy(self.engine.module, self.tokenizer, self.cfg)
         apply_stage(self.engine.module, self._stage(min(step, self.total_steps - 1)), impl=self.cfg.compress.impl)
-        return loss
+        return result
 
     # -------------------------------------------------------------------------------------------- loop
     def _request_stop(self, signum, frame) -> None:
@@ -237,7 +240,7 @@ class StageTrainer:
             every = self.cfg.train.eval_every
             if every and step % every == 0 and step < self.total_steps and self.data.has_eval:
                 last_eval = self._held_out(step, dtype)
-                logger.log({"step": step, "eval_loss": last_eval})
+                logger.log(last_eval)
             save_every = self.cfg.train.save_every
             if step == self.total_steps or (save_every and step % save_every == 0):
                 self._save(step, data_position, skipped)
@@ -249,7 +252,7 @@ class StageTrainer:
         wall = time.perf_counter() - started
         if self.data.has_eval:
             last_eval = self._held_out(step, dtype)
-            logger.log({"step": step, "eval_loss": last_eval})
+            logger.log(last_eval)
         logger.close()
         summary = self._finish(step, wall, trained_tokens, trained_samples, skipped, last_eval)
         return summary
@@ -293,7 +296,7 @@ class StageTrainer:
         return record
 
     # ------------------------------------------------------------------------------------------ finish
-    def _finish(self, step, wall, tokens, samples, skipped, eval_loss) -> dict:
+    def _finish(self, step, wall, tokens, samples, skipped, last_eval: dict | None) -> dict:
         """Write the final vregion checkpoint (LoRA merged) and summary.json."""
         state = gather_state_dict(self.engine)
         opt_numel = dist.all_reduce_sum([float(optimizer_state_numel(self.engine))])[0]
@@ -310,8 +313,10 @@ class StageTrainer:
             "tokens_per_s": tokens / wall if wall else 0.0,
             "samples_per_s": samples / wall if wall else 0.0,
             "skipped": _gather_counts(skipped),
-            "eval_loss": eval_loss,
+            "eval_loss": last_eval["eval_loss"] if last_eval else None,
         }
+        if last_eval and "eval_vqa_accuracy" in last_eval:
+            summary["eval_vqa_accuracy"] = last_eval["eval_vqa_accuracy"]
         if dist.is_main():
             if self.plan.mode == "lora" and self.plan.layers:
                 lora = self.cfg.region.lora
