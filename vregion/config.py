@@ -203,7 +203,8 @@ class TransferConfig:
     converter_epochs: int = _f(8, "epochs of the word-embedding converter")
     converter_lr: float = _f(5.0, "SGD learning rate of the converter (VPGTrans: 5.0)")
     converter_batch: int = _f(4096, "token pairs per converter step")
-    use_converter: bool = _f(True, "initialise the projector's last linear with the converter (False: ablation)")
+    use_converter: bool = _f(True, "initialise the projector's last linear with the converter (False: ablation, a fresh "
+                                    "last linear)")
     warmup_lr_scale: float = _f(5.0, "projector warm-up lr = this x optim.projector_lr, constant, no warmup")
     warmup_epochs: float = _f(1.0, "projector-only warm-up length in epochs (or set warmup_steps)")
     warmup_steps: Optional[int] = _f(None, "projector-only warm-up length in optimizer steps")

@@ -40,3 +40,14 @@ def test_projector_hidden_size_is_the_inner_width():
     assert default[0].weight.shape == (96, 32)
     with pytest.raises(ValueError, match="mlp2x_gelu only"):
         build_projector(ProjectorConfig(type="linear", hidden_size=48), 32, 96)
+
+
+def test_ablation_inherits_the_inner_layer_and_keeps_a_fresh_last_linear():
+    from vregion.transfer.merge import inherit_inner_layers
+
+    source = build_projector(ProjectorConfig(type="mlp2x_gelu"), 32, 64)
+    target = build_projector(ProjectorConfig(type="mlp2x_gelu", hidden_size=64), 32, 96)
+    fresh_last = target[2].weight.clone()
+    inherit_inner_layers(source, target)
+    assert torch.equal(target[0].weight, source[0].weight) and torch.equal(target[0].bias, source[0].bias)
+    assert torch.equal(target[2].weight, fresh_last)

@@ -21,6 +21,16 @@ def _empty_like_target(source: nn.Module, tgt_dim: int) -> nn.Module:
 
 
 @torch.no_grad()
+def inherit_inner_layers(source: nn.Module, target: nn.Module) -> nn.Module:
+    """The ablation without the converter: copy everything before the last linear (mlp2x_gelu's first linear),
+    keep the target's own freshly initialised last linear. A linear projector inherits nothing."""
+    if isinstance(source, MLPProjector):
+        for i in range(len(source) - 1):
+            target[i].load_state_dict(copy.deepcopy(source[i].state_dict()))
+    return target
+
+
+@torch.no_grad()
 def merge_projector(source: nn.Module, converter: nn.Linear, target_llm_dim: int) -> nn.Module:
     """The target projector P_t with P_t(v) = g(P_s(v)) exactly (up to float rounding).
 
@@ -41,9 +51,7 @@ def merge_projector(source: nn.Module, converter: nn.Linear, target_llm_dim: int
             f"{last.out_features} and the target LLM takes {target_llm_dim}"
         )
     target = _empty_like_target(source, target_llm_dim).to(dtype=last.weight.dtype, device=last.weight.device)
-    if isinstance(source, MLPProjector):
-        for i in range(len(source) - 1):  # inner layers carry over unchanged
-            target[i].load_state_dict(copy.deepcopy(source[i].state_dict()))
+    inherit_inner_layers(source, target)  # inner layers carry over unchanged
     W = converter.weight.double().to(last.weight.device)  # (d_t, d_s)
     b = converter.bias.double().to(last.weight.device)  # (d_t,)
     w_s = last.weight.double()  # (d_s, h)

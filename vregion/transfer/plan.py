@@ -102,14 +102,14 @@ def build_transfer_init(cfg: Config, out_dir: str | Path) -> dict:
 
     The target is built from cfg.model (seeded by run.seed); it inherits the source's vision tower, and its
     projector is the source's merged with the word converter (transfer.use_converter), or for the ablation
-    (use_converter false) the target's own freshly initialised projector (same shapes, nothing inherited).
+    (use_converter false) the source's inner layers with the target's own freshly initialised last linear.
     """
     from vregion.engine.trainer import seed_everything
     from vregion.models import build_vlm, load_checkpoint
     from vregion.models.checkpoint import save_state_dict
     from vregion.transfer.align import align_tokenizers
     from vregion.transfer.converter import fit_converter
-    from vregion.transfer.merge import merge_projector
+    from vregion.transfer.merge import inherit_inner_layers, merge_projector
 
     t = cfg.transfer
     source, src_tok, _ = load_checkpoint(t.source)
@@ -130,6 +130,8 @@ def build_transfer_init(cfg: Config, out_dir: str | Path) -> dict:
         merged = merge_projector(source.projector, converter, tgt_emb.shape[1])
         target.projector.load_state_dict(merged.state_dict())
         report.update(alignment=alignment.report, converter=conv_report)
+    else:
+        inherit_inner_layers(source.projector, target.projector)
     saved = to_dict(cfg)
     saved["model"] = to_dict(model_cfg)
     saved["stages"] = []
