@@ -165,7 +165,7 @@ class TrainConfig:
     save_every: int = _f(0, "checkpoint every N optimizer steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "resumable checkpoints kept (oldest deleted first)")
     log_every: int = _f(1, "metrics.jsonl / wandb logging interval in optimizer steps")
-    eval_every: int = _f(0, "held-out loss every N steps (0: only at the end, if eval shards are set)")
+    eval_every: int = _f(0, "held-out loss at step 0 and every N steps (0: only at the end, if eval shards are set)")
     eval_batches: int = _f(8, "held-out batches per evaluation")
     max_nonfinite: int = _f(20, "micro-batches with a NaN/inf loss skipped before the run aborts")
 

@@ -125,7 +125,7 @@ def test_tiny_config_runs_from_any_directory_and_learns(tmp_path):
     assert all(r["tokens_per_s"] > 0 and r["step_time_s"] > 0 for r in records if "loss" in r)
     # eval.in_training: an accuracy curve, whose last point is the final model's held-out accuracy.
     curve = {r["step"]: r["eval_vqa_accuracy"] for r in records if "eval_vqa_accuracy" in r}
-    assert sorted(curve) == [10, 20, 30]
+    assert sorted(curve) == [0, 10, 20, 30]
     after = json.loads((run_dir / "eval_after.json").read_text())
     assert curve[30] == after["vqa"]["accuracy"] == json.loads((run_dir / "region" / "summary.json").read_text())[
         "eval_vqa_accuracy"]

@@ -195,6 +195,8 @@ class StageTrainer:
             config=to_dict(self.cfg),
             enabled=dist.is_main(),
         )
+        if step == 0 and self.cfg.train.eval_every and self.data.has_eval:
+            logger.log(self._held_out(0, model_dtype(self.cfg)))  # the curve starts at the initial model
         batches = iter(self.data.train_loader(skip_samples=data_position))
         self.engine.train()
         accum = grad_accum_steps(self.cfg.train, dist.world_size())

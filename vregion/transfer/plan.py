@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -112,6 +113,7 @@ def build_transfer_init(cfg: Config, out_dir: str | Path) -> dict:
     from vregion.transfer.merge import inherit_inner_layers, merge_projector
 
     t = cfg.transfer
+    started = time.perf_counter()
     source, src_tok, _ = load_checkpoint(t.source)
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.init_from = None
@@ -135,6 +137,7 @@ def build_transfer_init(cfg: Config, out_dir: str | Path) -> dict:
     saved = to_dict(cfg)
     saved["model"] = to_dict(model_cfg)
     saved["stages"] = []
+    report["init_wall_s"] = time.perf_counter() - started  # alignment + converter fit + merge: part of the cost
     out_dir = Path(out_dir)
     save_state_dict(target.state_dict(), saved, tgt_tok, out_dir)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
