@@ -49,6 +49,14 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer_demo(args: argparse.Namespace) -> int:
+    from vregion.transfer.demo import run_demo
+
+    run_demo(Path(args.out), args.source_steps, args.scratch_steps, args.transfer_steps, args.warmup_steps,
+             args.eval_every, args.transfer_eval_every)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     stages = cfg.stage_configs()
@@ -141,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("overrides", nargs="*", help="dotted overrides, e.g. transfer.source=runs/a/train/final")
     transfer.add_argument("--resume", action="store_true", help="continue the transfer run in run.output_dir")
     transfer.set_defaults(func=_transfer)
+    demo = sub.add_parser("transfer-demo", help="VPG transfer SmolLM2-135M -> Gemma3-270M vs a projector from scratch")
+    demo.add_argument("--out", default="runs/transfer-demo", help="folder of the four runs and the report")
+    demo.add_argument("--source-steps", type=int, default=80, help="projector steps on SmolLM2 (the source)")
+    demo.add_argument("--scratch-steps", type=int, default=120, help="projector steps of the from-scratch baseline")
+    demo.add_argument("--warmup-steps", type=int, default=10, help="transferred runs: 5x-lr projector warm-up steps")
+    demo.add_argument("--transfer-steps", type=int, default=30, help="transferred runs: projector steps after warm-up")
+    demo.add_argument("--eval-every", type=int, default=10, help="scratch run: steps between held-out evaluations")
+    demo.add_argument("--transfer-eval-every", type=int, default=5, help="transferred runs: steps between evaluations")
+    demo.set_defaults(func=_transfer_demo)
 
     bench = sub.add_parser("bench", help="step time of training variants, interleaved side by side")
     bench.add_argument("config")
