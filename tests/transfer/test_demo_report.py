@@ -1,0 +1,50 @@
+"""The transfer demonstration's report: curves across stages, steps and time to the scratch run's final quality."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vregion.transfer.demo import ABLATION, SCRATCH, TRANSFER, compare, format_table, plot, read_curve
+
+
+def write_stage(folder, steps: int, step_time: float, evals: dict[int, tuple[float, float]]):
+    """metrics.jsonl as the trainer writes it: one record per step, one per held-out evaluation."""
+    folder.mkdir(parents=True)
+    lines = [{"step": s, "loss": 1.0, "step_time_s": step_time} for s in range(1, steps + 1)]
+    for s, (loss, acc) in evals.items():
+        lines.append({"step": s, "eval_loss": loss, "eval_vqa_accuracy": acc})
+    lines.sort(key=lambda r: (r["step"], "eval_loss" in r))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_curve_accumulates_steps_and_time_across_stages_and_drops_the_repeated_start(tmp_path):
+    warmup = write_stage(tmp_path / "warmup", 4, 2.0, {0: (5.0, 0.0), 4: (3.0, 0.2)})
+    train = write_stage(tmp_path / "train", 6, 1.0, {0: (3.0, 0.2), 3: (2.0, 0.4), 6: (1.5, 0.5)})
+    curve = read_curve([warmup, train], start_s=10.0)
+    assert [p.step for p in curve] == [0, 4, 7, 10]
+    assert [p.train_s for p in curve] == [10.0, 18.0, 21.0, 24.0]
+    assert [p.eval_loss for p in curve] == [5.0, 3.0, 2.0, 1.5]
+    assert curve[2].accuracy == 0.4
+
+
+def test_steps_and_time_to_the_scratch_final_quality(tmp_path):
+    scratch = read_curve([write_stage(tmp_path / "s", 12, 1.0,
+                                      {0: (9.0, 0.0), 4: (4.0, 0.1), 8: (2.0, 0.3), 12: (1.0, 0.3)})])
+    transfer = read_curve([write_stage(tmp_path / "t", 6, 1.0, {0: (3.0, 0.1), 2: (1.0, 0.2), 4: (0.9, 0.4)})],
+                          start_s=1.0)
+    ablation = read_curve([write_stage(tmp_path / "a", 6, 1.0, {0: (9.0, 0.0), 6: (5.0, 0.0)})])
+    result = compare({SCRATCH: scratch, TRANSFER: transfer, ABLATION: ablation})
+    assert result["target"] == {"eval_loss": 1.0, "accuracy": 0.3, "scratch_steps": 12}
+    t = result["runs"][TRANSFER]
+    assert t["reach"]["loss"]["step"] == 2 and t["loss_step_ratio"] == 6.0
+    assert t["loss_time_ratio"] == pytest.approx(12.0 / 3.0)  # 2 steps + 1 s of init
+    # Scratch first reached 30% at step 8, the transfer at step 4.
+    assert t["reach"]["accuracy"]["step"] == 4 and t["accuracy_step_ratio"] == 2.0
+    assert result["runs"][ABLATION]["reach"] == {"loss": None, "accuracy": None}
+    table = format_table(result)
+    assert "| transfer | 2 (6.0x fewer) |" in table and "| no-converter | not reached |" in table
+    plot({SCRATCH: scratch, TRANSFER: transfer}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
