@@ -64,7 +64,7 @@ def left_padded(items: list[dict], pixel_values: torch.Tensor, pad_id: int, num_
 
 @torch.no_grad()
 def answer_accuracy(model, tokenizer, batches, max_samples: int, max_new_tokens: int, num_examples: int = 4) -> dict:
-    """{"accuracy", "samples", "examples"}: greedy answers scored by normalised exact match."""
+    """{"accuracy", "correct", "samples", "examples"}: greedy answers scored by normalised exact match."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -91,4 +91,4 @@ def answer_accuracy(model, tokenizer, batches, max_samples: int, max_new_tokens:
         if total >= max_samples:
             break
     model.train(was_training)
-    return {"accuracy": correct / max(total, 1), "samples": total, "examples": examples}
+    return {"accuracy": correct / max(total, 1), "correct": correct, "samples": total, "examples": examples}

@@ -35,5 +35,13 @@ def mean_loss(model: torch.nn.Module, batches, max_samples: int) -> dict:
         if samples >= max_samples:
             break
     model.train(was_training)
+    return loss_result(loss_sum, tokens, samples)
+
+
+def loss_result(loss_sum: float, tokens: float, samples: float) -> dict:
+    """{"loss", "perplexity", "samples", "tokens"} from a token-weighted sum (also of sums over ranks).
+
+    The perplexity is exp(loss) with the exponent capped at 50, so a diverged model reports a large finite number.
+    """
     loss = loss_sum / max(tokens, 1.0)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "samples": int(samples), "tokens": int(tokens)}

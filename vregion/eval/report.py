@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 from vregion.config import EvalConfig
 from vregion.data import ImageProcessor, build_loader
 from vregion.eval.generation import answer_accuracy
@@ -26,19 +28,27 @@ def eval_batches(model, tokenizer, shards: str, template: str, max_length: int, 
     )
 
 
-def evaluate_model(model, tokenizer, cfg: EvalConfig, template: str, max_length: int) -> dict:
-    """{"vqa": {accuracy, samples, examples}, "caption": {loss, perplexity, ...}} for the configured sets."""
+def evaluate_model(
+    model, tokenizer, cfg: EvalConfig, template: str, max_length: int,
+    batches: Callable[[str], Iterable[dict]] | None = None,
+) -> dict:
+    """{"vqa": {accuracy, samples, examples}, "caption": {loss, perplexity, ...}} for the configured sets.
+
+    Args:
+        batches: shards -> one ordered pass of batches; default `eval_batches` (all samples, one process).
+            `vregion eval` passes its per-rank share of the samples here.
+    """
+    if batches is None:
+        def batches(shards: str) -> Iterable[dict]:
+            return eval_batches(model, tokenizer, shards, template, max_length, cfg.batch_size)
     results: dict = {}
     if cfg.vqa_shards:
-        batches = eval_batches(model, tokenizer, cfg.vqa_shards, template, max_length, cfg.batch_size)
         results["vqa"] = answer_accuracy(
-            model, tokenizer, batches, cfg.max_samples, cfg.max_new_tokens, cfg.num_examples
+            model, tokenizer, batches(cfg.vqa_shards), cfg.max_samples, cfg.max_new_tokens, cfg.num_examples
         )
-        batches = eval_batches(model, tokenizer, cfg.vqa_shards, template, max_length, cfg.batch_size)
-        results["vqa_loss"] = mean_loss(model, batches, cfg.max_samples)
+        results["vqa_loss"] = mean_loss(model, batches(cfg.vqa_shards), cfg.max_samples)
     if cfg.caption_shards:
-        batches = eval_batches(model, tokenizer, cfg.caption_shards, template, max_length, cfg.batch_size)
-        results["caption"] = mean_loss(model, batches, cfg.max_samples)
+        results["caption"] = mean_loss(model, batches(cfg.caption_shards), cfg.max_samples)
     return results
 
 

@@ -1,0 +1,136 @@
+"""`vregion eval`: VQA normalisation, text perplexity, inference compression, and two CPU ranks == one rank."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.engine.launch import REPO, free_port, train_env
+from vregion.cli import main
+from vregion.config import LLMConfig, ModelConfig, ProjectorConfig, VisionConfig, to_dict
+from vregion.data import ImageProcessor, build_loader, make_synthetic_shards
+from vregion.eval import normalize_answer
+from vregion.eval.run import EvalOptions, evaluate_checkpoint
+from vregion.models import build_vlm, load_checkpoint, save_checkpoint
+
+TEMPLATE = "vicuna-v1"
+PASSAGES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "",  # blank lines are not passages
+    "A journey of a thousand miles begins with a single step.",
+    "Colourless green ideas sleep furiously.",
+    "To be, or not to be, that is the question.",
+    "All happy families are alike; each unhappy family is unhappy in its own way.",
+]
+
+
+def tiny_config() -> ModelConfig:
+    """configs/tiny.yaml's model at 16 px (4 visual tokens) and 2 layers: trains in a few seconds on one core."""
+    return ModelConfig(
+        vision=VisionConfig(type="clip", tiny={"image_size": 16, "patch_size": 8}),
+        projector=ProjectorConfig(type="mlp2x_gelu"),
+        llm=LLMConfig(tiny={"family": "llama", "num_hidden_layers": 2, "initializer_range": 0.15}),
+        template=TEMPLATE,
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A briefly trained tiny checkpoint (so some answers are right), VQA shards and a passage file."""
+    root = tmp_path_factory.mktemp("eval")
+    make_synthetic_shards(root / "train", 96, image_size=16, seed=0, samples_per_shard=96)
+    make_synthetic_shards(root / "vqa", 32, image_size=16, seed=1, samples_per_shard=8)  # 4 shards >= 2 ranks
+    (root / "passages.txt").write_text("\n".join(PASSAGES) + "\n")
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model, tokenizer = build_vlm(cfg)
+    loader = build_loader(
+        str(root / "train"), tokenizer=tokenizer, template=TEMPLATE,
+        image_processor=ImageProcessor(16, model.vision.image_mean, model.vision.image_std),
+        num_image_tokens=model.num_visual_tokens, image_token_id=tokenizer.pad_token_id, max_length=256,
+        micro_batch_size=8, seed=0, shuffle_buffer=0, infinite=True,
+    )
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _, batch in zip(range(40), loader):
+        keys = ("input_ids", "attention_mask", "labels", "pixel_values", "image_spans")
+        loss = model(**{k: batch[k] for k in keys}, return_logits=False)["loss"]
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    config = {"model": to_dict(cfg), "data": {"max_length": 256}, "compress": {"schedule": None}}
+    save_checkpoint(model, config, tokenizer, root / "ckpt")
+    return root
+
+
+def eval_args(root, out) -> list[str]:
+    return ["eval", str(root / "ckpt"), "--vqa", str(root / "vqa"), "--text", str(root / "passages.txt"),
+            "--max-samples", "29", "--batch-size", "4", "--max-new-tokens", "10", "--out", str(out)]
+
+
+def run_two_ranks(root) -> dict:
+    out = root / "eval-2.json"
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+               str(free_port()), "--module", "vregion.cli", *eval_args(root, out)]
+    proc = subprocess.run(command, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"eval failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(out.read_text())
+
+
+def test_normalize_answer_follows_vqa_rules():
+    # The cases tests/eval/test_generation_eval.py does not cover.
+    assert normalize_answer("Ten") == "10" and normalize_answer("none") == "0"
+    assert normalize_answer("1.5") == "1.5" != normalize_answer("15")  # a decimal point is not punctuation
+    assert normalize_answer("2.") == "2"  # a sentence's full stop is
+    assert normalize_answer("1,000") == "1000"
+    assert normalize_answer("Yes, it is.") == "yes it is"
+    assert normalize_answer("red/blue") == "red/blue"
+
+
+def test_two_cpu_ranks_give_one_rank_figures(setup, capsys):
+    assert main(eval_args(setup, setup / "eval-1.json")) == 0  # one rank, in this process (no process group)
+    one = json.loads((setup / "eval-1.json").read_text())
+    assert json.loads(capsys.readouterr().out) == one  # stdout carries the same JSON, and nothing else
+    two = run_two_ranks(setup)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    # 29 of the 32 positions, split 15 / 14 across ranks: the same samples, each scored once.
+    assert one["vqa"]["samples"] == two["vqa"]["samples"] == 29
+    assert 0 < one["vqa"]["correct"] < 29  # some answers right, some wrong: the sum means something
+    assert one["vqa"]["correct"] == two["vqa"]["correct"]
+    assert one["vqa"]["accuracy"] == pytest.approx(one["vqa"]["correct"] / 29)
+    for name in ("vqa_loss", "text"):
+        assert one[name]["samples"] == two[name]["samples"] and one[name]["tokens"] == two[name]["tokens"], name
+        assert two[name]["loss"] == pytest.approx(one[name]["loss"], rel=1e-6, abs=1e-6), name
+        assert two[name]["perplexity"] == pytest.approx(one[name]["perplexity"], rel=1e-6), name
+    assert one["text"]["samples"] == 5
+
+
+def test_text_perplexity_is_the_token_weighted_loss_of_each_passage(setup):
+    result = evaluate_checkpoint(setup / "ckpt", EvalOptions(text=str(setup / "passages.txt"), batch_size=3))
+    text = result["text"]
+    model, tokenizer, _ = load_checkpoint(setup / "ckpt")
+    loss_sum = tokens = 0.0
+    with torch.no_grad():
+        for passage in filter(None, PASSAGES):  # one at a time: no padding, no batching
+            ids = torch.tensor([tokenizer(passage)["input_ids"]])
+            logits = model.llm(input_ids=ids).logits  # (1, T, V): the LLM alone, no image
+            loss_sum += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+            tokens += ids.shape[1] - 1
+    assert text["samples"] == 5 and text["tokens"] == tokens
+    assert text["loss"] == pytest.approx(loss_sum / tokens, rel=1e-5)
+    assert math.isfinite(text["perplexity"]) and text["perplexity"] == pytest.approx(math.exp(text["loss"]))
+
+
+def test_compression_at_inference_pools_visual_tokens(setup):
+    opts = dict(vqa=str(setup / "vqa"), max_samples=8, batch_size=4, max_new_tokens=3)
+    plain = evaluate_checkpoint(setup / "ckpt", EvalOptions(**opts))
+    pooled = evaluate_checkpoint(setup / "ckpt", EvalOptions(compress="16/2", **opts))
+    assert plain["compression"] is None  # "auto" with no schedule in the checkpoint
+    assert pooled["compression"] == {"layer": 1, "stride": 2}  # K=16 of 32 on a 2-layer LLM
+    assert pooled["vqa"]["samples"] == plain["vqa"]["samples"] == 8
+    assert pooled["vqa_loss"]["tokens"] == plain["vqa_loss"]["tokens"]  # pooling drops visual, not answer, tokens
+    assert pooled["vqa_loss"]["loss"] != pytest.approx(plain["vqa_loss"]["loss"], rel=1e-4)

@@ -1,0 +1,176 @@
+"""`vregion eval`: score a checkpoint on held-out sets; launched on several ranks, each scores a share.
+
+Sets: short-answer VQA (greedy answers, normalised exact match, plus the answer loss), caption loss, held-out
+loss on any conversation shards, and text-only perplexity (a passage file or text-only shards: how much
+language ability tuning kept). Rank r of R scores positions r, r + R, ... of the first `max_samples` positions
+of the unshuffled stream, so the ranks together score exactly the samples one process scores; the sums behind
+every figure (correct answers and answers; loss x tokens, tokens and samples) are all-reduced, so the figures
+equal one rank's up to float summation order. The model is a plain module on every rank (no ZeRO), so ranks
+need not run the same number of forwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import torch
+from tqdm import tqdm
+
+from vregion.config import CompressConfig, EvalConfig, from_dict
+from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
+from vregion.data.decode import SampleDecoder
+from vregion.data.stream import rank_stream
+from vregion.engine import distributed as dist
+from vregion.eval.loss import loss_result, mean_loss
+from vregion.eval.report import evaluate_model
+from vregion.eval.text import is_text_file, read_passages, text_batches
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """What `vregion eval` scores and how (the CLI flags)."""
+
+    vqa: Optional[str] = None  # short-answer VQA shards: generation accuracy + answer loss
+    captions: Optional[str] = None  # caption shards: held-out loss
+    loss: Optional[str] = None  # any conversation shards: held-out loss
+    text: Optional[str] = None  # text file (one passage a line) or text-only shards: perplexity
+    compress: str = "auto"  # auto (the checkpoint's schedule's inference stage) | none | K/S (K of 32 layers)
+    max_samples: int = 200  # per set, over all ranks
+    batch_size: int = 16  # per rank
+    max_new_tokens: int = 16
+    num_examples: int = 4  # example answers (from rank 0's share)
+    dtype: str = "fp32"
+
+
+def shard_batches(shards: str, decoder: SampleDecoder, image_size: int, pad_id: int, batch_size: int,
+                  max_samples: int, rank: int, world_size: int) -> Iterator[dict]:
+    """This rank's share (positions rank, rank + R, ...) of the first `max_samples` positions, in order, batched.
+
+    Positions that fail to decode (bad image, no supervised token left) are skipped, as in training.
+    """
+    stream = rank_stream(resolve_shards(shards), seed=0, rank=0, world_size=1, shuffle_buffer=0, infinite=False)
+    pending: list[dict] = []
+    for raw in itertools.islice(stream, rank, max_samples, world_size):
+        sample = decoder(raw)
+        if "skip" in sample:
+            continue
+        pending.append(sample)
+        if len(pending) == batch_size:
+            yield collate(pending, pad_id, image_size)
+            pending = []
+    if pending:
+        yield collate(pending, pad_id, image_size)
+
+
+def _share(total: Optional[int], rank: int, world_size: int) -> Optional[int]:
+    return None if total is None else len(range(rank, total, world_size))
+
+
+def _progress(batches: Iterable[dict], desc: str, total: Optional[int]) -> Iterator[dict]:
+    """Batches passed through, with a per-sample tqdm bar on rank 0 (stderr: stdout carries the JSON)."""
+    bar = tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, disable=not dist.is_main(), leave=False)
+    try:
+        for batch in batches:
+            yield batch
+            bar.update(batch["num_samples"])
+    finally:
+        bar.close()
+
+
+def reduce_results(results: dict) -> dict:
+    """Sum every section's counts over ranks and recompute its figures (every rank calls this, same order)."""
+    merged = {}
+    for name in sorted(results):
+        r = results[name]
+        if "accuracy" in r:
+            correct, samples = dist.all_reduce_sum([float(r["correct"]), float(r["samples"])])
+            merged[name] = {"accuracy": correct / max(samples, 1.0), "correct": int(correct),
+                            "samples": int(samples), "examples": r["examples"]}
+        else:
+            loss_sum, tokens, samples = dist.all_reduce_sum([r["loss"] * r["tokens"], float(r["tokens"]),
+                                                             float(r["samples"])])
+            merged[name] = loss_result(loss_sum, tokens, samples)
+    return merged
+
+
+def load_for_eval(checkpoint: str | Path, compress: str, dtype: torch.dtype):
+    """(model on this rank's device, tokenizer, config dict, compression stage applied to the model)."""
+    from vregion.compress import apply_stage, build_schedule, eval_stage
+    from vregion.models import load_checkpoint
+
+    model, tokenizer, config = load_checkpoint(checkpoint, dtype)
+    model.to(dist.device()).eval()
+    ccfg = from_dict(CompressConfig, config.get("compress") or {}, "compress")
+    ccfg.inference = compress
+    stage = eval_stage(ccfg, build_schedule(ccfg), model.runner.num_layers)
+    apply_stage(model, stage, impl=ccfg.impl)
+    return model, tokenizer, config, stage
+
+
+@torch.inference_mode()
+def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
+    """Scores of `checkpoint` on the sets in `opts`, identical on every rank (see the module docstring).
+
+    Returns:
+        {"checkpoint", "compression" (null or {"layer", "stride"}), "world_size", "max_samples", and per set
+        present: "vqa" {accuracy, correct, samples, examples}, "vqa_loss" / "caption" / "loss" / "text"
+        {loss, perplexity, samples, tokens}}.
+    """
+    if opts.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {opts.dtype!r}; valid: {', '.join(DTYPES)}")
+    model, tokenizer, config, stage = load_for_eval(checkpoint, opts.compress, DTYPES[opts.dtype])
+    template = (config.get("model") or {}).get("template", "vicuna-v1")
+    max_length = int((config.get("data") or {}).get("max_length", 2048))
+    rank, world = dist.rank(), dist.world_size()
+    vision = model.vision
+    validate_template(tokenizer, template)
+    decoder = SampleDecoder(tokenizer, template, ImageProcessor(vision.image_size, vision.image_mean, vision.image_std),
+                            vision.num_tokens, tokenizer.pad_token_id, max_length)
+
+    def batches(shards: str) -> Iterator[dict]:
+        total = count_samples(shards)
+        share = _share(None if total is None else min(total, opts.max_samples), rank, world)
+        parts = shard_batches(shards, decoder, vision.image_size, tokenizer.pad_token_id, opts.batch_size,
+                              opts.max_samples, rank, world)
+        return _progress(parts, Path(shards).name, share)
+
+    # evaluate_model's own sample cap must not cut a rank's share short: the share already holds <= max_samples.
+    ecfg = EvalConfig(vqa_shards=opts.vqa, caption_shards=opts.captions, max_samples=opts.max_samples,
+                      batch_size=opts.batch_size, max_new_tokens=opts.max_new_tokens, num_examples=opts.num_examples)
+    results = evaluate_model(model, tokenizer, ecfg, template, max_length, batches=batches)
+    if opts.loss:
+        results["loss"] = mean_loss(model, batches(opts.loss), opts.max_samples)
+    if opts.text:
+        if is_text_file(opts.text):
+            passages = read_passages(opts.text, opts.max_samples)[rank::world]
+            parts = text_batches(passages, tokenizer, max_length, opts.batch_size, vision.image_size)
+            text = _progress(parts, Path(opts.text).name, len(passages))
+        else:
+            text = batches(opts.text)
+        results["text"] = mean_loss(model, text, opts.max_samples)
+    compression = None if stage.layer is None else {"layer": stage.layer, "stride": stage.stride}
+    return {"checkpoint": str(checkpoint), "compression": compression, "world_size": world,
+            "max_samples": opts.max_samples, **reduce_results(results)}
+
+
+def run_eval(checkpoint: str | Path, opts: EvalOptions, out: str | Path | None = None) -> dict:
+    """Evaluate (joining the launcher's process group when there is one); rank 0 prints the JSON and writes `out`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_distributed()
+    result = evaluate_checkpoint(checkpoint, opts)
+    if dist.is_main():
+        text = json.dumps(result, indent=2)
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text + "\n")
+        print(text, flush=True)
+    dist.barrier()
+    return result
