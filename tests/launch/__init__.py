@@ -1,0 +1,1 @@
+"""Launch scripts: local.sh, and train.sbatch on a real two-node SLURM cluster."""
