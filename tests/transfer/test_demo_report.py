@@ -48,3 +48,12 @@ def test_steps_and_time_to_the_scratch_final_quality(tmp_path):
     assert "| transfer | 2 (6.0x fewer) |" in table and "| no-converter | not reached |" in table
     plot({SCRATCH: scratch, TRANSFER: transfer}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_scratch_accuracy_of_zero_sets_no_accuracy_target(tmp_path):
+    scratch = read_curve([write_stage(tmp_path / "s", 4, 1.0, {0: (9.0, 0.0), 4: (2.0, 0.0)})])
+    transfer = read_curve([write_stage(tmp_path / "t", 2, 1.0, {0: (3.0, 0.0), 2: (1.0, 0.1)})])
+    result = compare({SCRATCH: scratch, TRANSFER: transfer})
+    assert result["target"]["accuracy"] is None
+    assert result["runs"][TRANSFER]["reach"]["accuracy"] is None and "accuracy_step_ratio" not in result["runs"][TRANSFER]
+    assert "| transfer | 2 (2.0x fewer) | 0.0 min (2.0x) | - | - |" in format_table(result)
