@@ -21,13 +21,6 @@ def test_converter_recovers_affine_map_on_heldout_pairs():
     assert report["heldout_pairs"] == len(pairs) // 10 and report["train_pairs"] == len(pairs) - len(pairs) // 10
     assert report["heldout_cosine"] > 0.99
     assert converter.weight.shape == (96, 64)
-    # Directions come from the cosine loss; the norm is calibrated to the target's (here 8x the map's output).
-    big = tgt * 8.0
-    scaled, scaled_report = fit_converter(src, big, pairs, cfg)
-    train_ids = torch.arange(src.shape[0])
-    ratio = scaled(src[train_ids]).norm(dim=-1).mean() / big.norm(dim=-1).mean()
-    assert abs(float(ratio) - 1.0) < 0.02, float(ratio)
-    assert scaled_report["heldout_cosine"] > 0.99 and scaled_report["norm_scale"] > 1.0
     # an untrained converter is far from the map, so the cosine measures what training learned
     untrained, before = fit_converter(src, tgt, pairs, TransferConfig(converter_epochs=0))
     assert before["heldout_cosine"] < 0.5 and before["steps"] == 0
