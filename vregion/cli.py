@@ -57,6 +57,22 @@ def _transfer_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replicate(args: argparse.Namespace) -> int:
+    from vregion.replicate import run_replication
+
+    def names(text):
+        return None if text is None else [n for n in text.split(",") if n and n != "none"]
+
+    try:
+        run_replication(args.out, args.config, args.overrides, tuple(int(s) for s in args.seeds.split(",")),
+                        args.steps, args.align_steps, names(args.variants), names(args.schedules), args.max_samples,
+                        args.text, args.best, args.report_only, args.drop_finals)
+    except RuntimeError as e:  # a run failed; its own output is above, and re-running continues
+        print(f"vregion: replicate: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config_path(args.config), args.overrides)
     stages = cfg.stage_configs()
@@ -69,20 +85,21 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
         return 0
-    from vregion.engine.bench import run_bench
-    from vregion.engine.run import prepare_data
-
     from vregion.assets import resolve_config_assets
+    from vregion.engine.bench import default_variants, run_bench, schedule_variants
+    from vregion.engine.bench_report import Projection
+    from vregion.engine.run import prepare_data
 
     stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
     resolve_config_assets(stage)
     out = Path(args.out or Path(stage.run.output_dir) / "bench")
-    variants = args.variants.split(",")
+    variants, schedule = (args.variants.split(","), None) if args.variants else default_variants(stage)
     if args.schedule:
-        from vregion.engine.bench import schedule_variants
-
+        schedule = args.schedule
         variants = schedule_variants(variants[0], args.schedule)
-    run_bench(stage, variants, args.rounds, args.steps, out, schedule=args.schedule)
+    projection = Projection(args.samples, args.epochs, args.global_batch, args.gpus)
+    run_bench(stage, variants, args.rounds, args.steps, out, schedule=schedule, peak=args.peak_tflops,
+              projection=projection, memory=not args.no_memory)
     return 0
 
 
@@ -132,6 +149,41 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from vregion.engine.convert import convert_checkpoint
+
+    print(f"wrote {convert_checkpoint(args.checkpoint, args.out, dtype=args.dtype)}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vregion.eval.run import EvalOptions, run_eval
+
+    if not any((args.vqa, args.captions, args.loss, args.text)):
+        raise ConfigError("nothing to evaluate: give --vqa, --captions, --loss and/or --text")
+    opts = EvalOptions(vqa=args.vqa, captions=args.captions, loss=args.loss, text=args.text, compress=args.compress,
+                       max_samples=args.max_samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       num_examples=args.num_examples, dtype=args.dtype)
+    run_eval(args.checkpoint, opts, out=args.out)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vregion.models.hf_export import ExportError, export_checkpoint
+
+    try:
+        result = export_checkpoint(args.checkpoint, args.out, args.format)
+    except (ExportError, FileNotFoundError) as e:
+        print(f"vregion: export: {e}", file=sys.stderr)
+        return 2
+    if result["format"] == "vregion":
+        print(f"kept the vregion format ({result['reason']}); wrote {result['path']}")
+    else:
+        print(f"wrote a Hugging Face LLaVA folder to {result['path']}")
+    print(f"load it with:\n{result['load']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vregion", description=__doc__)
     # The deepspeed launcher passes --local_rank before the sub-command; LOCAL_RANK in the env is what is used.
@@ -159,21 +211,56 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transfer-eval-every", type=int, default=5, help="transferred runs: steps between evaluations")
     demo.set_defaults(func=_transfer_demo)
 
-    bench = sub.add_parser("bench", help="step time of training variants, interleaved side by side")
+    rep = sub.add_parser("replicate", help="visual-region replication: stage 1, stage-2 region variants, compression "
+                         "schedules, held-out evals, report (markdown + plot) against the papers")
+    rep.add_argument("overrides", nargs="*", help="dotted overrides of the config, applied before its stages resolve")
+    rep.add_argument("--config", default="demo", help="config with an align stage first and the region stage last")
+    rep.add_argument("--out", default="runs/replicate", help="folder of every run and the report (re-run to continue)")
+    rep.add_argument("--seeds", default="0,1", help="comma list; every run is repeated per seed")
+    rep.add_argument("--steps", type=int, default=None, help="stage-2 optimizer steps (default: the config's)")
+    rep.add_argument("--align-steps", type=int, default=None, help="stage-1 optimizer steps (default: the config's)")
+    rep.add_argument("--variants", default=None,
+                     help="comma list: full, projector, uniform-N, bottom-N, middle-N, top-N, bottom-top-N, metric-N, "
+                          "metric-<metric>-N (default: full, projector, uniform-1,2,4,8,15, bottom/middle/top-8, "
+                          "metric-8)")
+    rep.add_argument("--schedules", default=None,
+                     help="compression presets run on the best region, comma list or 'none' (default: every preset)")
+    rep.add_argument("--best", default=None, help="region variant the schedules run on (default: the best finished "
+                     "region no larger than the config's, by held-out accuracy)")
+    rep.add_argument("--max-samples", type=int, default=None, help="held-out samples per set (default: the config's)")
+    rep.add_argument("--text", default=None, help="passage file for text perplexity (default: paragraphs of Debian's "
+                     "/usr/share/common-licenses)")
+    rep.add_argument("--report-only", action="store_true", help="run nothing; report the finished runs in --out")
+    rep.add_argument("--drop-finals", action="store_true", help="delete each stage-2 model once evaluated (saves "
+                     "~0.55 GB a run on the demo; stage 1's and full's are kept)")
+    rep.set_defaults(func=_replicate)
+
+    bench = sub.add_parser("bench", help="time, throughput, MFU, memory and projected GPU-hours of training variants")
     bench.add_argument("config")
     bench.add_argument("overrides", nargs="*")
-    bench.add_argument("--variants", default="full,region,region-lora", help="comma list of full, region, region-lora, projector, each optionally @K/S (pooling)")
+    bench.add_argument("--variants", default=None,
+                       help="comma list of full, region, region-lora, projector, each optionally @K/S (pooling at "
+                            "K of 32 layers, stride S); first = baseline of the ratios. Default: full, region, "
+                            "region-lora, full at each compressed stage of the config's schedule (else "
+                            "four-wider-then-deeper), region at its heaviest stage, + the schedule's average")
     bench.add_argument("--schedule", default=None,
                        help="compression preset: time the first variant with each of its stages, plus the run average")
     bench.add_argument("--stage", default=None, help="stage whose settings are used (default: the last)")
-    bench.add_argument("--rounds", type=int, default=3, help="A B C rounds")
-    bench.add_argument("--steps", type=int, default=2, help="optimizer steps per variant per round")
-    bench.add_argument("--out", default=None, help="folder for bench.json / bench.md (default: <run>/bench)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved A B C rounds (after a warm-up round)")
+    bench.add_argument("--steps", type=int, default=1, help="optimizer steps per variant per round")
+    bench.add_argument("--out", default=None, help="folder for bench.md / .json / .png (default: <run>/bench)")
+    bench.add_argument("--peak-tflops", default=None,
+                       help="peak for MFU: h100 | h200 | a100 | h100-pcie | TFLOP/s (default: the GPU's bf16 dense "
+                            "peak if known, else a measured matmul rate, e.g. on CPU)")
+    bench.add_argument("--no-memory", action="store_true",
+                       help="skip peak memory (measured in the warm-up; on CPU it needs Linux + glibc)")
     bench.add_argument("--plan", action="store_true",
                        help="print the analytic plan (params, FLOPs, memory per GPU, epoch time) instead of running")
-    bench.add_argument("--gpus", type=int, default=1, help="--plan: GPUs (data-parallel ranks)")
+    bench.add_argument("--gpus", type=int, default=1, help="GPUs (data-parallel ranks) of the projected / planned run")
     bench.add_argument("--gpu", default="h100", help="--plan: h100 | h200 | a100 | a peak in bf16 TFLOP/s")
-    bench.add_argument("--samples", type=int, default=665_000, help="--plan: samples in one epoch")
+    bench.add_argument("--samples", type=int, default=665_000, help="samples in one epoch of the projected run")
+    bench.add_argument("--epochs", type=float, default=1.0, help="epochs of the projected run")
+    bench.add_argument("--global-batch", type=int, default=128, help="global batch of the projected run")
     bench.add_argument("--tokens-per-sample", type=int, default=None,
                        help="--plan: LLM tokens per sample (default: visual tokens + 256, capped by data.max_length)")
     bench.set_defaults(func=_bench)
@@ -218,6 +305,39 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--base", default=None, help="base weights (for param_* metrics)")
     prune.add_argument("--scores", default=None, help="layers.json from `vregion analyze` (skips calibration)")
     prune.set_defaults(func=_prune)
+
+    evaluate = sub.add_parser("eval", help="held-out loss, VQA exact-match accuracy and text perplexity of a "
+                              "checkpoint (JSON); under the deepspeed launcher each rank scores a share")
+    evaluate.add_argument("checkpoint", help="vregion checkpoint folder (e.g. runs/x/final)")
+    evaluate.add_argument("--vqa", default=None, help="short-answer VQA shards: greedy answers, normalised exact "
+                          "match, and the answer loss")
+    evaluate.add_argument("--captions", default=None, help="caption shards: held-out loss and perplexity")
+    evaluate.add_argument("--loss", default=None, help="any conversation shards: held-out loss and perplexity")
+    evaluate.add_argument("--text", default=None, help="text file (one passage a line) or text-only shards: "
+                          "perplexity, i.e. the language ability left after tuning")
+    evaluate.add_argument("--compress", default="auto", help="visual-token pooling: auto (the checkpoint's "
+                          "schedule's inference stage) | none | K/S (K of 32 layers, scaled to the model)")
+    evaluate.add_argument("--max-samples", type=int, default=200, help="samples per set, over all ranks")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="samples per forward / generation, per rank")
+    evaluate.add_argument("--max-new-tokens", type=int, default=16, help="generation budget per answer")
+    evaluate.add_argument("--num-examples", type=int, default=4, help="example answers kept in the JSON")
+    evaluate.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="model dtype")
+    evaluate.add_argument("--out", default=None, help="also write the JSON to this file")
+    evaluate.set_defaults(func=_eval)
+    export = sub.add_parser("export", help="write a checkpoint as a Hugging Face LLaVA folder (CLIP/SigLIP + "
+                            "llama/mistral/qwen2/gemma3), or keep the vregion format")
+    export.add_argument("checkpoint", help="vregion checkpoint folder")
+    export.add_argument("out", help="new output folder")
+    export.add_argument("--format", default="auto", choices=("auto", "hf"),
+                        help="hf: LlavaForConditionalGeneration or an error; auto: hf when possible, else a copy in "
+                             "the vregion format (loaded with vregion.models.load_checkpoint)")
+    export.set_defaults(func=_export)
+
+    convert = sub.add_parser("convert", help="DeepSpeed checkpoint (any ZeRO stage) -> vregion model checkpoint")
+    convert.add_argument("checkpoint", help="checkpoints/step-N folder, or a run/stage folder (newest complete one)")
+    convert.add_argument("out", help="output folder (model.safetensors + config.yaml)")
+    convert.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the floating weights")
+    convert.set_defaults(func=_convert)
     return parser
 
 

@@ -13,8 +13,10 @@ from vregion.engine.plan import (
     Variant,
     VisionShape,
     VLMShape,
+    known_gpu,
     memory_per_gpu,
     param_counts,
+    peak_tflops,
     plan_rows,
     sample_flops,
     shape_from_config,
@@ -58,6 +60,28 @@ def test_flops_by_hand():
     # projector weight grad; both layers' activation grads (attention 2x); layer 1's weight grad; head input grad
     assert f.backward == proj + 2 * (lin + 2 * attn) + lin + head
     assert f.recompute == 2 * (lin + attn)
+
+
+def test_head_on_supervised_tokens_and_a_counted_vision_tower():
+    t = 6
+    region = Variant("r", RegionConfig(strategy="list", layers=[1], train_projector=False))
+    every = sample_flops(SMALL, region, t)
+    supervised = sample_flops(SMALL, region, t, head_tokens=1.5)
+    # the head (2 * vocab 10 * hidden 8 per token) runs forward and input-gradient on 1.5 instead of 6 tokens
+    assert every.forward - supervised.forward == 2 * 10 * 8 * (6 - 1.5)
+    assert every.backward - supervised.backward == 2 * 10 * 8 * (6 - 1.5)
+    # a tower with counted FLOPs (a conv net) replaces the ViT formula (1,100 here) and nothing else
+    conv = VLMShape(SMALL.llm, VisionShape(params=100, tokens=4, hidden=4, layers_run=0, flops=5000.0))
+    assert sample_flops(conv, region, t).forward - every.forward == 5000 - (2 * 100 * 5 + 4 * 25 * 4)
+
+
+def test_gpu_peaks_from_device_names():
+    assert [known_gpu(n) for n in ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200",
+                                   "NVIDIA A100-SXM4-80GB", "Tesla V100-SXM2-16GB")] == \
+        ["h100", "h100-pcie", "h200", "a100", None]
+    assert [peak_tflops(g) for g in ("h100", "H200", "a100", "h100-pcie", "123.5")] == [989, 989, 312, 756, 123.5]
+    with pytest.raises(ValueError, match="unknown GPU 'v100'"):
+        peak_tflops("v100")
 
 
 def test_pooling_shortens_layers_from_k():

@@ -1,58 +1,90 @@
-"""`vregion bench`: step time of training variants measured side by side, interleaved so machine drift cancels.
+"""`vregion bench`: training variants timed side by side, interleaved so machine drift cancels.
 
-Each variant (full fine-tuning, region in full mode, region with LoRA, ...) gets its own DeepSpeed engine on
-the same model, data and seed. Rounds run A B C A B C ...; every round times a few optimizer steps of each
+Each region setting (full fine-tuning, region in full mode, region with LoRA, ...) gets its own DeepSpeed
+engine on the same model, data and seed; variants that differ only in visual-token pooling (`region@2/8`)
+share their setting's engine and switch the pooling hook before each of their steps, exactly as training
+switches compression stages. Rounds run A B C A B C ...; every round times a few optimizer steps of each
 variant, so a slow patch of a shared machine hits all variants alike. Ratios are to the first variant.
+
+Per variant: step time (and its forward / backward / optimizer parts), samples/s, tokens/s, achieved TFLOP/s
+and MFU (FLOPs from `plan.sample_flops` for each real batch), optimizer state, peak memory, and the wall time
+and GPU-hours of a full run projected from the measurements (`bench_report`). Peak memory of a variant is
+what its engine still holds after being built and warmed up (engines are built one after another, so each
+one's growth is its own) + the most one of its steps adds on top: CUDA allocator bytes, or on CPU the RSS
+(`bench_probe.MemoryMeter`). It is measured during the untimed warm-up, because handing freed memory back
+to the OS before each reading would make the next step pay page faults.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import statistics
+import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator, Optional, Union
 
 import torch
 
-from typing import Optional
-
-from vregion.compress import Stage, apply_stage, get_schedule, scale_layer
-from vregion.config import Config, RegionConfig, _deep_merge, from_dict, to_dict
+from vregion.compress import (
+    IGNORE_INDEX,
+    Stage,
+    apply_stage,
+    build_schedule,
+    compression_ratio,
+    get_schedule,
+    scale_layer,
+)
+from vregion.compress.schedule import REFERENCE_LAYERS, Schedule
+from vregion.config import Config
+from vregion.engine import bench_probe, bench_report, plan
 from vregion.engine import distributed as dist
-from vregion.engine.ds_config import build_ds_config
+from vregion.engine.bench_report import Projection, StepTiming
+from vregion.engine.ds_config import build_ds_config, grad_accum_steps
 from vregion.engine.inputs import StageData, model_inputs
 from vregion.engine.optim import build_optimizer, build_scheduler
 from vregion.engine.trainer import model_dtype, optimizer_state_numel, seed_everything
 from vregion.models import build_vlm
 from vregion.region import apply_region, build_param_groups
 
-# Variant name -> overrides of the region section.
-VARIANTS = {
-    "full": {"strategy": "all", "mode": "full"},
-    "region": {"strategy": "uniform", "mode": "full"},
-    "region-lora": {"strategy": "uniform", "mode": "lora"},
-    "projector": {"strategy": "none"},
-}
+DEFAULT_SCHEDULE = "four-wider-then-deeper"  # LLaVolta's reference default: heavy -> light -> none
+
+
+@dataclass
+class EngineRun:
+    """One region setting's DeepSpeed engine and data stream, shared by its pooling variants."""
+
+    base: str
+    cfg: Config
+    engine: object
+    batches: Iterator
+    shape: plan.VLMShape
+    trainable: int
+    accum: int
+    dtype: torch.dtype
+    state_bytes: int = 0
+    resident_bytes: Optional[int] = None  # memory still in use after building and warming up this engine
 
 
 @dataclass
 class VariantRun:
-    name: str
-    engine: object
-    batches: object
-    trainable: int
-    state_bytes: int = 0
-    times: list = field(default_factory=list)
-    tokens: list = field(default_factory=list)
+    """One compared variant: an engine, a pooling stage, and its timed steps."""
+
+    spec: str
+    owner: EngineRun
+    stage: Stage
+    variant: plan.Variant
+    steps: list = field(default_factory=list)
+    step_peak_bytes: int = 0  # most memory its warm-up steps added above what was in use before them
+    _flops: dict = field(default_factory=dict)
 
 
 def parse_variant(spec: str) -> tuple[str, Optional[tuple[int, int]]]:
     """`region` or `region@2/8` (pool with stride 8 before layer 2 of 32, scaled to the model's depth)."""
     base, _, pooling = spec.partition("@")
-    if base not in VARIANTS:
-        raise ValueError(f"unknown bench variant {base!r} in {spec!r}; valid: {', '.join(VARIANTS)} (+ optional @K/S)")
+    if base not in plan.VARIANT_REGIONS:
+        raise ValueError(f"unknown bench variant {base!r} in {spec!r}; valid: {', '.join(plan.VARIANT_REGIONS)} "
+                         "(+ optional @K/S)")
     if not pooling:
         return base, None
     try:
@@ -62,23 +94,49 @@ def parse_variant(spec: str) -> tuple[str, Optional[tuple[int, int]]]:
     return base, (k, stride)
 
 
-def schedule_variants(base: str, schedule_name: str) -> list[str]:
+def schedule_variants(base: str, schedule: Union[str, Schedule]) -> list[str]:
     """The base variant plus one variant per distinct compressed phase of a schedule."""
-    schedule = get_schedule(schedule_name)
+    schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     compressed = [f"{base}@{p.layer}/{p.stride}" for p in schedule.phases if p.layer is not None]
     return [base] + list(dict.fromkeys(compressed))
 
 
-def _build_variant(cfg: Config, spec: str) -> VariantRun:
-    name, pooling = parse_variant(spec)
-    region = from_dict(RegionConfig, _deep_merge(to_dict(cfg.region), VARIANTS[name]), "region")
+def default_variants(cfg: Config) -> tuple[list[str], Schedule]:
+    """The default matrix: full, region, region-lora, full at each compressed stage of the config's schedule
+    (else DEFAULT_SCHEDULE), and region at the schedule's heaviest stage; with the schedule for the average row."""
+    schedule = build_schedule(cfg.compress) or get_schedule(DEFAULT_SCHEDULE)
+    compressed = [p for p in schedule.phases if p.layer is not None]
+    variants = ["full", "region", "region-lora"] + schedule_variants("full", schedule)[1:]
+    if compressed:
+        heaviest = max(compressed, key=lambda p: compression_ratio(REFERENCE_LAYERS, p.layer, p.stride))
+        variants.append(f"region@{heaviest.layer}/{heaviest.stride}")
+    return variants, schedule
+
+
+def bench_shape(cfg: Config, model) -> plan.VLMShape:
+    """The plan's shape of the built model. Towers the plan has no formula for (EfficientNet) get their
+    parameter count from the module and their forward FLOPs counted on one image by torch's FLOP counter."""
+    try:
+        vision = plan.vision_shape(cfg.model)
+    except ValueError:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        tower = model.vision
+        param = next(tower.parameters())
+        image = torch.zeros(1, 3, tower.image_size, tower.image_size, device=param.device, dtype=param.dtype)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            tower(image)
+        params = sum(p.numel() for p in tower.parameters())
+        vision = plan.VisionShape(params, tower.num_tokens, tower.hidden_size, 0, float(counter.get_total_flops()))
+    return plan.VLMShape(plan.llm_shape(cfg.model), vision, cfg.model.projector.type, cfg.model.projector.hidden_size)
+
+
+def _build_engine(cfg: Config, base: str) -> EngineRun:
+    region = plan.variant_from_spec(base, cfg.region).region
     seed_everything(cfg.run.seed)
     model, tokenizer = build_vlm(cfg.model, dtype=model_dtype(cfg))
+    shape = bench_shape(cfg, model)
     apply_region(model, region)
-    if pooling is not None:
-        k, stride = pooling
-        layer = scale_layer(k, model.runner.num_layers) if k else 0
-        apply_stage(model, Stage(0, layer, stride), impl=cfg.compress.impl)
     groups = build_param_groups(model, cfg.optim)
     optimizer = build_optimizer(groups, cfg.optim, cfg.deepspeed.offload_optimizer)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=10**6)
@@ -89,107 +147,139 @@ def _build_variant(cfg: Config, spec: str) -> VariantRun:
     )
     data = StageData(cfg, model, tokenizer)
     trainable = sum(p.numel() for g in groups for p in g["params"])
-    return VariantRun(spec, engine, iter(data.train_loader()), trainable)
+    accum = grad_accum_steps(cfg.train, dist.world_size())
+    return EngineRun(base, cfg, engine, iter(data.train_loader()), shape, trainable, accum, model_dtype(cfg))
 
 
-def _step(run: VariantRun, accum: int, dtype: torch.dtype) -> tuple[float, float]:
-    """One optimizer step; (seconds, tokens)."""
-    start = time.perf_counter()
-    tokens = 0.0
-    for _ in range(accum):
-        batch = next(run.batches)
-        out = run.engine(**model_inputs(batch, dist.device(), dtype))
-        run.engine.backward(out["loss"])
-        run.engine.step()
-        tokens += float(batch["attention_mask"].sum())
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, tokens
+def _attach(owner: EngineRun, spec: str) -> VariantRun:
+    _, pooling = parse_variant(spec)
+    layers = owner.engine.module.runner.num_layers
+    stage = Stage(0, None, None) if pooling is None else Stage(0, scale_layer(pooling[0], layers), pooling[1])
+    return VariantRun(spec, owner, stage, plan.variant_from_spec(spec, owner.cfg.region))
 
 
-def run_bench(
-    cfg: Config, variants: list[str], rounds: int, steps_per_round: int, out_dir: Path, schedule: Optional[str] = None
-) -> list[dict]:
-    """Time `variants` interleaved; write bench.json and bench.md to `out_dir`; return the rows.
+def _now(cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()  # time the work, not its launch
+    return time.perf_counter()
 
-    With `schedule`, a last row gives the whole-run average of that compression schedule: each phase's
-    median step time (its `<first variant>@K/S` row, or the first variant for uncompressed phases) weighted
-    by the phase's share of training.
+
+def _batch_flops(run: VariantRun, batch: dict) -> float:
+    """Model FLOPs (forward + backward) of a padded batch: every sample costs the padded length."""
+    samples, length = batch["input_ids"].shape
+    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # where the training head runs
+    key = (length, supervised)
+    if key not in run._flops:
+        f = plan.sample_flops(run.owner.shape, run.variant, length, run.owner.cfg.model.gradient_checkpointing,
+                              head_tokens=supervised / samples)
+        run._flops[key] = samples * f.model
+    return run._flops[key]
+
+
+def timed_step(run: VariantRun) -> StepTiming:
+    """One optimizer step of `run` (grad_accum micro-batches) with its pooling set, timed in parts."""
+    owner = run.owner
+    apply_stage(owner.engine.module, run.stage, impl=owner.cfg.compress.impl)
+    cuda = dist.device().type == "cuda"
+    t = StepTiming(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
+    start = _now(cuda)
+    for _ in range(owner.accum):
+        batch = next(owner.batches)
+        inputs = model_inputs(batch, dist.device(), owner.dtype)
+        t0 = _now(cuda)
+        out = owner.engine(**inputs)
+        t1 = _now(cuda)
+        owner.engine.backward(out["loss"])
+        t2 = _now(cuda)
+        owner.engine.step()  # the optimizer runs at the accumulation boundary; other calls are cheap
+        t3 = _now(cuda)
+        t.forward, t.backward, t.optimizer = t.forward + t1 - t0, t.backward + t2 - t1, t.optimizer + t3 - t2
+        t.tokens += float(batch["attention_mask"].sum())
+        t.samples += int(batch["input_ids"].shape[0])
+        t.flops += _batch_flops(run, batch)
+    t.seconds = _now(cuda) - start
+    return t
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor() or "CPU")
+    return f"CPU: {model}, {torch.get_num_threads()} torch threads"
+
+
+def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: int, out_dir: Path,
+              schedule: Optional[Union[str, Schedule]] = None, peak: Optional[str] = None,
+              projection: Optional[Projection] = None, memory: bool = True) -> dict:
+    """Time `variants` interleaved; write bench.json, bench.md and bench.png to `out_dir`; return {"meta", "rows"}.
+
+    Args:
+        schedule: a compression schedule (or preset name) whose whole-run average of the first variant is
+            added as a last row; needs `<first>@K/S` for each compressed phase (see `schedule_variants`).
+        peak: TFLOP/s for MFU: h100 | h200 | a100 | h100-pcie | a number; None: detect (`bench_probe`).
+        projection: the full run that measured throughput is projected to (default: `Projection()`).
+        memory: measure peak memory (CUDA allocator, or RSS on Linux/glibc CPUs).
     """
     for spec in variants:
         parse_variant(spec)
+    schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    projection = projection or Projection()
     dist.init_distributed()
     cfg = copy.deepcopy(cfg)
-    dtype = model_dtype(cfg)
-    accum = cfg.train.grad_accum
-    runs = [_build_variant(cfg, name) for name in variants]
-    for run in runs:  # an untimed warm-up round: allocations, lazy inits, loader start-up
-        for _ in range(steps_per_round):
-            _step(run, accum, dtype)
-        run.state_bytes = optimizer_state_numel(run.engine) * 4  # fp32 Adam moments
+    device, dtype = dist.device(), model_dtype(cfg)
+    peak_tflops, peak_source = bench_probe.resolve_peak(peak, dtype, device)
+    meter = bench_probe.MemoryMeter(device, enabled=memory)
+    engines: dict[str, EngineRun] = {}
+    runs = []
+    for spec in variants:
+        base = parse_variant(spec)[0]
+        if base in engines:
+            continue
+        before = meter.settle() if meter.kind else 0
+        owner = engines[base] = _build_engine(cfg, base)
+        owned = [_attach(owner, s) for s in variants if parse_variant(s)[0] == base]
+        timed_step(owned[0])  # untimed: creates the optimizer state, which then stays resident
+        for run in owned:  # untimed warm-up: allocations, lazy inits, loader start-up; each step's peak memory
+            start = meter.start_peak() if meter.kind else 0
+            for _ in range(steps_per_round):
+                timed_step(run)
+            if meter.kind:
+                run.step_peak_bytes = max(0, meter.peak() - start)
+        owner.state_bytes = optimizer_state_numel(owner.engine) * 4  # fp32 Adam moments
+        if meter.kind:
+            owner.resident_bytes = meter.settle() - before
+        runs += owned
+    runs.sort(key=lambda r: variants.index(r.spec))
     from tqdm import tqdm
 
     for _ in tqdm(range(rounds), desc="bench rounds", disable=not dist.is_main()):
         for run in runs:
             for _ in range(steps_per_round):
-                seconds, tokens = _step(run, accum, dtype)
-                run.times.append(seconds)
-                run.tokens.append(tokens)
-    base = statistics.median(runs[0].times)
+                run.steps.append(timed_step(run))
     rows = []
     for run in runs:
-        median = statistics.median(run.times)
-        rows.append({
-            "variant": run.name,
-            "median_step_s": median,
-            "min_step_s": min(run.times),
-            "max_step_s": max(run.times),
-            "tokens_per_s": sum(run.tokens) / sum(run.times),
-            "trainable_params": run.trainable,
-            "optimizer_state_bytes": run.state_bytes,
-            "step_time_ratio": median / base,
-            "steps_timed": len(run.times),
-        })
+        owner = run.owner
+        peak_mem = None if owner.resident_bytes is None else owner.resident_bytes + run.step_peak_bytes
+        predicted = plan.memory_per_gpu(owner.shape, run.variant, cfg.deepspeed, dist.world_size(),
+                                        cfg.train.micro_batch_size, 1, cfg.model.gradient_checkpointing)
+        rows.append(bench_report.variant_row(
+            run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops, projection, peak_mem,
+            plan_trainable_params=plan.trainable_params(owner.shape, run.variant.region)["total"],
+            plan_optimizer_state_bytes=predicted["adam_moments"]))
     if schedule is not None:
-        rows.append(_schedule_average(rows, schedule))
-    if dist.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "bench.json").write_text(json.dumps(rows, indent=2))
-        table = format_table(rows)
-        (out_dir / "bench.md").write_text(table + "\n")
-        print(table, flush=True)
-    return rows
-
-
-def _schedule_average(rows: list[dict], schedule_name: str) -> dict:
-    by_name = {r["variant"]: r for r in rows}
-    base = rows[0]
-    median = 0.0
-    for phase in get_schedule(schedule_name).phases:
-        name = base["variant"] if phase.layer is None else f"{base['variant']}@{phase.layer}/{phase.stride}"
-        if name not in by_name:
-            raise ValueError(f"schedule average needs the variant {name!r}")
-        median += phase.fraction * by_name[name]["median_step_s"]
-    tokens = base["tokens_per_s"] * base["median_step_s"]  # same data: tokens per step are the base's
-    return {
-        "variant": f"{base['variant']} + {schedule_name} (whole-run average)",
-        "median_step_s": median, "min_step_s": float("nan"), "max_step_s": float("nan"),
-        "tokens_per_s": tokens / median, "trainable_params": base["trainable_params"],
-        "optimizer_state_bytes": base["optimizer_state_bytes"], "step_time_ratio": median / base["median_step_s"],
-        "steps_timed": 0,
+        rows.append(bench_report.schedule_average(rows, schedule, variants[0], peak_tflops, projection))
+    bench_report.add_ratios(rows)
+    meta = {
+        "device": _device_name(device), "dtype": str(dtype).removeprefix("torch."), "world_size": dist.world_size(),
+        "rounds": rounds, "steps_per_round": steps_per_round, "micro_batch_size": cfg.train.micro_batch_size,
+        "grad_accum": grad_accum_steps(cfg.train, dist.world_size()), "peak_tflops": peak_tflops,
+        "peak_source": peak_source, "memory_kind": meter.kind,
+        "projection": asdict(projection), "schedule": None if schedule is None else schedule.name,
     }
-
-
-def format_table(rows: list[dict]) -> str:
-    """Markdown table, ratios to the first row."""
-    head = ("| variant | median step (s) | min-max (s) | tokens/s | trainable params | optimizer state | "
-            "step time vs " + rows[0]["variant"] + " |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        spread = "-" if r["steps_timed"] == 0 else f"{r['min_step_s']:.3f}-{r['max_step_s']:.3f}"
-        lines.append(
-            f"| {r['variant']} | {r['median_step_s']:.3f} | {spread} | "
-            f"{r['tokens_per_s']:,.0f} | {r['trainable_params']:,} | {r['optimizer_state_bytes'] / 2**20:,.1f} MiB | "
-            f"{r['step_time_ratio']:.2f}x |"
-        )
-    return "\n".join(lines)
+    if dist.is_main():
+        paths = bench_report.write_report(rows, meta, out_dir)
+        print(paths["md"].read_text(), flush=True)
+        print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}", flush=True)
+        bench_report.log_wandb(rows, meta, cfg.run.wandb, out_dir, paths["png"])
+    return {"meta": meta, "rows": rows}

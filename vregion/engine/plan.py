@@ -18,7 +18,8 @@ from vregion.config import Config, DeepSpeedConfig, ModelConfig, RegionConfig, _
 from vregion.region.apply import region_layers_for
 
 GB = 1e9
-PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}  # bf16 dense tensor-core peaks
+# bf16 dense tensor-core peaks (SXM parts; the H100 PCIe card's is 756)
+PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "h100-pcie": 756.0}
 TEXT_TOKENS_ESTIMATE = 256  # assumed text tokens per LLaVA-665K sample (single image) when not measured
 RESERVE_BYTES = 2.0 * GB  # CUDA context, NCCL buffers, allocator slack: not modelled, so reserved
 # Region overrides of the compared variants (the names `vregion bench --variants` uses), with optional pooling.
@@ -72,12 +73,25 @@ class LLMShape:
 
 @dataclass(frozen=True)
 class VisionShape:
-    """A ViT: total parameters, patch tokens fed to the projector, width, and layers run (feature layer -2: L - 1)."""
+    """A ViT: total parameters, patch tokens fed to the projector, width, and layers run (feature layer -2: L - 1).
+
+    `flops` replaces the ViT formula with a given forward cost per image, for towers that are not ViTs
+    (EfficientNet's depthwise convolutions do ~25 FLOPs per parameter per pixel, not 2 per token).
+    """
 
     params: int
     tokens: int
     hidden: int
     layers_run: int
+    flops: Optional[float] = None
+
+    @property
+    def forward_flops(self) -> float:
+        """Forward FLOPs per image: linears on the patch tokens + CLS, and attention of the layers run."""
+        if self.flops is not None:
+            return self.flops
+        n = self.tokens + 1
+        return 2 * self.params * n + 4 * n**2 * self.hidden * self.layers_run
 
 
 def clip_vision_shape(hidden: int, intermediate: int, layers: int, image_size: int, patch_size: int,
@@ -124,7 +138,8 @@ def get_preset(name: str) -> VLMShape:
     return PRESETS[name]
 
 
-def _llm_shape(cfg: ModelConfig) -> LLMShape:
+def llm_shape(cfg: ModelConfig) -> LLMShape:
+    """The LLM of a config: a known hub id, a tiny config, or a local HF folder (its config.json only)."""
     if cfg.llm.path in KNOWN_LLMS:
         return KNOWN_LLMS[cfg.llm.path]
     if cfg.llm.tiny is not None:
@@ -147,7 +162,8 @@ def _llm_shape(cfg: ModelConfig) -> LLMShape:
                     getattr(hf, "head_dim", None), bool(hf.tie_word_embeddings), family == "qwen2")
 
 
-def _vision_shape(cfg: ModelConfig) -> VisionShape:
+def vision_shape(cfg: ModelConfig) -> VisionShape:
+    """The vision tower of a config: a known hub id or a CLIP (tiny or local); other towers raise ValueError."""
     if cfg.vision.path in KNOWN_VISION:
         return KNOWN_VISION[cfg.vision.path]
     if cfg.vision.type != "clip":
@@ -167,7 +183,7 @@ def _vision_shape(cfg: ModelConfig) -> VisionShape:
 
 def shape_from_config(cfg: ModelConfig) -> VLMShape:
     """The shape of a config's model: known hub ids, tiny configs, or local HF folders (configs only)."""
-    return VLMShape(_llm_shape(cfg), _vision_shape(cfg), cfg.projector.type, cfg.projector.hidden_size)
+    return VLMShape(llm_shape(cfg), vision_shape(cfg), cfg.projector.type, cfg.projector.hidden_size)
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -271,7 +287,8 @@ def lowest_trainable(shape: VLMShape, region: RegionConfig) -> int:
     return min(layers, default=shape.llm.layers)
 
 
-def sample_flops(shape: VLMShape, variant: Variant, tokens: int, gradient_checkpointing: bool = False) -> Flops:
+def sample_flops(shape: VLMShape, variant: Variant, tokens: int, gradient_checkpointing: bool = False,
+                 head_tokens: Optional[float] = None) -> Flops:
     """FLOPs of one training sample of `tokens` LLM tokens (visual tokens included).
 
     Forward: 2 * params * tokens per linear, + 4 * T^2 * d per attention (QK^T and PV, causal mask not
@@ -279,11 +296,13 @@ def sample_flops(shape: VLMShape, variant: Variant, tokens: int, gradient_checkp
     activation gradient (~= its forward; 2x forward for attention: dP, dV, dQ, dK) when anything below it
     trains, + the weight gradient (~= the forward of its trainable weights: the adapters only for LoRA).
     The frozen vision tower runs forward only. With gradient checkpointing, every decoder layer that takes
-    part in backward runs its forward again.
+    part in backward runs its forward again. The output head runs on `head_tokens` positions (default: every
+    output token; vregion's training forward computes logits only where a label is supervised, so pass the
+    supervised count, a mean per sample, to get the FLOPs it actually does).
     """
     llm, region = shape.llm, variant.region
     vis, f = shape.vision, Flops()
-    f.forward += 2 * vis.params * (vis.tokens + 1) + 4 * (vis.tokens + 1) ** 2 * vis.hidden * vis.layers_run
+    f.forward += vis.forward_flops
     proj = 2 * shape.projector_params * vis.tokens
     f.forward += proj
     train = trainable_params(shape, region)
@@ -295,7 +314,8 @@ def sample_flops(shape: VLMShape, variant: Variant, tokens: int, gradient_checkp
         f.backward += proj  # weight gradient
     if region.train_vision:
         f.backward += proj + 2 * (f.forward - proj)  # projector activation grad + the tower's both gradients
-    for i, t in enumerate(layer_tokens(shape, tokens, variant.pooling)):
+    lengths = layer_tokens(shape, tokens, variant.pooling)
+    for i, t in enumerate(lengths):
         lin = 2 * llm.linear_params * t + (2 * lora_layer * t if i in layers else 0)
         attn = 4 * t * t * llm.heads * llm.hd
         f.forward += lin + attn
@@ -307,8 +327,7 @@ def sample_flops(shape: VLMShape, variant: Variant, tokens: int, gradient_checkp
             f.backward += 2 * lora_layer * t
         if gradient_checkpointing and i >= lowest:
             f.recompute += lin + attn
-    t_out = layer_tokens(shape, tokens, variant.pooling)[-1]
-    head = 2 * llm.vocab * llm.hidden * t_out
+    head = 2 * llm.vocab * llm.hidden * (lengths[-1] if head_tokens is None else head_tokens)
     f.forward += head
     f.backward += head * (lowest < llm.layers) + (head if train["lm_head"] or (llm.tied and train["embeddings"]) else 0)
     return f
@@ -327,6 +346,14 @@ def peak_tflops(gpu: str) -> float:
         return float(gpu)
     except ValueError:
         raise ValueError(f"unknown GPU {gpu!r}; valid: {', '.join(PEAK_TFLOPS)} or a peak in TFLOP/s") from None
+
+
+def known_gpu(device_name: str) -> Optional[str]:
+    """The PEAK_TFLOPS key named in a CUDA device name ("NVIDIA H100 80GB HBM3" -> "h100"), or None."""
+    name = device_name.lower()
+    if "h100" in name and "pcie" in name:
+        return "h100-pcie"
+    return next((key for key in PEAK_TFLOPS if key in name), None)
 
 
 # -------------------------------------------------------------------------------------------- memory

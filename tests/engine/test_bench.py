@@ -1,0 +1,163 @@
+"""`vregion bench`: a real interleaved bench on the tiny config, and the report's arithmetic on made-up timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vregion.compress import get_schedule
+from vregion.config import load_config
+from vregion.engine import plan
+from vregion.engine.bench import default_variants, run_bench
+from vregion.engine.bench_report import Projection, StepTiming, add_ratios, log_wandb, schedule_average, variant_row
+from vregion.engine.run import prepare_data
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PROJECTION = Projection(samples=10_000, epochs=2.0, global_batch=64, gpus=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    """One round of one step each of full fine-tuning and region + pooling on the tiny model (~1 minute)."""
+    root = tmp_path_factory.mktemp("bench")
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"run.output_dir={root / 'run'}"]).stage_configs()[-1]
+    cfg = prepare_data(cfg, root / "run")
+    result = run_bench(cfg, ["full", "region@2/8"], rounds=1, steps_per_round=1, out_dir=root / "out",
+                       projection=PROJECTION)
+    return cfg, result, root / "out"
+
+
+def test_bench_writes_md_json_png_with_the_new_columns(tiny_bench):
+    _, result, out = tiny_bench
+    assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(result))
+    md = (out / "bench.md").read_text()
+    for column in ("samples/s", "tokens/s", "TFLOP/s", "MFU", "peak mem", "4-GPU wall h", "GPU-hours", "vs full"):
+        assert column in md.splitlines()[0]
+    assert [line.split("|")[1].strip() for line in md.splitlines()[2:4]] == ["full", "region@2/8"]
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert result["meta"]["memory_kind"] == "rss" and "measured" in result["meta"]["peak_source"]
+
+
+def test_bench_throughput_mfu_and_projection_are_consistent(tiny_bench):
+    _, result, _ = tiny_bench
+    peak = result["meta"]["peak_tflops"]
+    full, pooled = result["rows"]
+    for r in (full, pooled):
+        assert r["samples_per_step"] == 8 and r["steps_timed"] == 1
+        assert r["samples_per_s"] == pytest.approx(8 / r["median_step_s"])
+        assert r["achieved_tflops"] == pytest.approx(r["flops_per_sample"] * r["samples_per_s"] / 1e12)
+        assert r["mfu"] == pytest.approx(r["achieved_tflops"] / peak)
+        total = PROJECTION.samples * PROJECTION.epochs
+        assert r["projected_gpu_hours"] == pytest.approx(total / r["projected_samples_per_s"] / 3600 * 4)
+        assert r["projected_gpu_hours"] == pytest.approx(r["projected_wall_h"] * 4)
+    assert pooled["tokens_per_s_ratio"] == pytest.approx(pooled["tokens_per_s"] / full["tokens_per_s"])
+    assert pooled["gpu_hours_ratio"] == pytest.approx(pooled["projected_gpu_hours"] / full["projected_gpu_hours"])
+    assert full["tokens_per_s_ratio"] == 1.0
+
+
+def test_bench_flops_lie_between_hand_bounds(tiny_bench):
+    cfg, result, _ = tiny_bench
+    full, pooled = result["rows"]
+    shape = plan.shape_from_config(cfg.model)
+    # Full tuning does at least forward + activation grad + weight grad (3 x 2 x params per token) of every
+    # decoder linear on every non-pad token, and at most the plan's cost of max_length tokens with the head
+    # on all of them.
+    low = 3 * 2 * shape.llm.layers * shape.llm.linear_params * full["tokens_per_sample"]
+    high = plan.sample_flops(shape, plan.variant_from_spec("full", cfg.region), cfg.data.max_length).model
+    assert low < full["flops_per_sample"] <= high
+
+
+def test_bench_flops_are_the_plans_for_the_batch_it_trained_on(tiny_bench):
+    from vregion.compress import IGNORE_INDEX
+    from vregion.engine.inputs import StageData
+    from vregion.models import build_vlm
+
+    cfg, result, _ = tiny_bench
+    model, tokenizer = build_vlm(cfg.model)
+    batches = iter(StageData(cfg, model, tokenizer).train_loader())
+    # each engine's loader has the same seed, so the same order: an optimizer-state step, a warm-up step, then
+    # the timed step
+    next(batches), next(batches)
+    batch = next(batches)
+    samples, length = batch["input_ids"].shape
+    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert result["rows"][0]["tokens_per_sample"] == float(batch["attention_mask"].sum()) / samples
+    shape = plan.shape_from_config(cfg.model)
+    for row in result["rows"]:
+        f = plan.sample_flops(shape, plan.variant_from_spec(row["variant"], cfg.region), length,
+                              head_tokens=supervised / samples)
+        assert row["flops_per_sample"] == pytest.approx(f.model)
+    # freezing 6 of 8 layers' weights and pooling 16 visual tokens to 2 from layer 1 (of ~230) cut ~20%
+    assert 0.7 < result["rows"][1]["flops_per_sample"] / result["rows"][0]["flops_per_sample"] < 0.85
+
+
+def test_measured_optimizer_state_and_memory_match_the_plan(tiny_bench):
+    _, result, _ = tiny_bench
+    full, pooled = result["rows"]
+    for r in (full, pooled):
+        assert r["optimizer_state_bytes"] == r["plan_optimizer_state_bytes"]  # two fp32 Adam moments
+        assert r["trainable_params"] == r["plan_trainable_params"]
+    # region: 2 of 8 layers (hidden 64, inter 128, 4 heads, 2 kv heads) + projector, by hand (see test_plan)
+    assert pooled["optimizer_state_bytes"] == 8 * (2 * (8192 + 4096 + 24576 + 128) + 2112 + 4160)
+    assert full["optimizer_state_bytes"] == 8 * full["trainable_params"] > 4 * pooled["optimizer_state_bytes"]
+    # a process training full fine-tuning holds at least its fp32 weights, gradients and Adam moments
+    assert full["peak_mem_bytes"] >= 4 * full["trainable_params"] * 2 + full["optimizer_state_bytes"]
+    assert 0 < pooled["peak_mem_bytes"] < 2**31
+
+
+def test_default_matrix_follows_the_schedule():
+    demo = load_config(CONFIGS / "demo.yaml").stage_configs()[-1]
+    variants, schedule = default_variants(demo)
+    assert schedule.name == "four-wider-then-deeper"
+    assert variants == ["full", "region", "region-lora", "full@2/8", "full@2/2", "full@16/2", "region@2/8"]
+    last = load_config(CONFIGS / "demo.yaml", ["compress.schedule=last-stage-compression"]).stage_configs()[-1]
+    variants, _ = default_variants(last)
+    assert variants[3:] == ["full@2/16", "full@16/16", "full@16/4", "region@2/16"]  # heaviest: 2/16
+
+
+def _steps(seconds: float, optimizer: float, flops: float) -> list[StepTiming]:
+    return [StepTiming(seconds, 0.25 * seconds, 0.5 * seconds, optimizer, 100.0 * 16, 16, flops)] * 2
+
+
+def test_projection_and_schedule_average_by_hand():
+    proj = Projection(samples=6400, epochs=1.0, global_batch=64, gpus=2)
+    row = variant_row("full", _steps(10.0, 2.0, 8e12), 1000, 8000, 2.0, proj, peak_mem_bytes=300)
+    # forward + backward: (10 - 2) / 16 = 0.5 s per sample; 32 samples per GPU per step + the 2 s optimizer
+    # step = 18 s per step; 100 steps -> 1800 s wall, 1 GPU-hour on 2 GPUs
+    assert row["projected_wall_h"] == pytest.approx(0.5)
+    assert row["projected_gpu_hours"] == pytest.approx(1.0)
+    assert row["achieved_tflops"] == pytest.approx(0.8) and row["mfu"] == pytest.approx(0.4)
+    schedule = get_schedule("two")  # 2/8 for half the run, then none
+    pooled = variant_row("full@2/8", _steps(5.0, 2.0, 4e12), 1000, 8000, 2.0, proj, peak_mem_bytes=200)
+    avg = schedule_average([row, pooled], schedule, "full", 2.0, proj)
+    # half the samples at 10/16 s, half at 5/16 s -> 15/32 s per sample
+    assert avg["samples_per_s"] == pytest.approx(32 / 15)
+    assert avg["tokens_per_s"] == pytest.approx(100 * 32 / 15)
+    assert avg["achieved_tflops"] == pytest.approx((0.5 * 8e12 / 16 + 0.5 * 4e12 / 16) / (15 / 32) / 1e12)
+    assert avg["projected_gpu_hours"] == pytest.approx(0.5 * 1.0 + 0.5 * pooled["projected_gpu_hours"])
+    assert avg["peak_mem_bytes"] == 300
+    rows = add_ratios([row, pooled, avg])
+    assert rows[1]["tokens_per_s_ratio"] == pytest.approx(2.0) and rows[1]["peak_mem_ratio"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="needs the variant 'full@2/8'"):
+        schedule_average([row], schedule, "full", 2.0, proj)
+
+
+def test_wandb_offline_run_logs_the_table(tmp_path, monkeypatch):
+    from vregion.config import WandbConfig
+
+    proj = Projection(samples=640, global_batch=64)
+    rows = add_ratios([variant_row("full", _steps(10.0, 2.0, 8e12), 1000, 8000, 2.0, proj)])
+    png = tmp_path / "bench.png"
+    png.write_bytes(b"")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert log_wandb(rows, {}, WandbConfig(mode="offline"), tmp_path, png) is None  # WANDB_MODE=disabled wins
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from vregion.engine.bench_report import plot
+
+    plot(rows, png, "full")
+    folder = log_wandb(rows, {"gpus": 1}, WandbConfig(mode="disabled", project="bench-test"), tmp_path, png)
+    assert Path(folder).is_relative_to(tmp_path / "wandb")
+    assert any(p.suffix == ".wandb" for p in (tmp_path / "wandb").rglob("*"))
