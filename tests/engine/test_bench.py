@@ -39,6 +39,7 @@ def test_bench_writes_md_json_png_with_the_new_columns(tiny_bench):
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert result["meta"]["memory_kind"] == "rss" and "measured" in result["meta"]["peak_source"]
+    assert f"{result['meta']['other_processes_cores']:.2f} of " in md  # how busy the shared machine was
 
 
 def test_bench_throughput_mfu_and_projection_are_consistent(tiny_bench):
@@ -143,6 +144,18 @@ def test_projection_and_schedule_average_by_hand():
     assert rows[1]["tokens_per_s_ratio"] == pytest.approx(2.0) and rows[1]["peak_mem_ratio"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="needs the variant 'full@2/8'"):
         schedule_average([row], schedule, "full", 2.0, proj)
+
+
+def test_rows_without_a_flop_model_leave_tflops_and_mfu_out():
+    from vregion.engine.bench_report import format_table
+
+    proj = Projection(samples=640, global_batch=64)
+    rows = add_ratios([variant_row("gemma", [StepTiming(4.0, 1.0, 2.0, 0.5, 1600.0, 16, None)], 10, 80, 1.0, proj)])
+    assert rows[0]["mfu"] is None and rows[0]["achieved_tflops"] is None and rows[0]["samples_per_s"] == 4.0
+    meta = dict(device="cpu", rounds=1, steps_per_round=1, micro_batch_size=16, grad_accum=1, peak_tflops=1.0,
+                peak_source="given", memory_kind=None, projection=vars(proj), other_processes_cores=None, cpu_count=2)
+    cells = format_table(rows, meta).splitlines()[2].split("|")
+    assert [c.strip() for c in cells[7:9]] == ["-", "-"] and cells[4].strip() == "4.00"
 
 
 def test_wandb_offline_run_logs_the_table(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ to the OS before each reading would make the next step pay page faults.
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -58,7 +59,7 @@ class EngineRun:
     cfg: Config
     engine: object
     batches: Iterator
-    shape: plan.VLMShape
+    shape: Optional[plan.VLMShape]  # None: the plan has no FLOP model for this LLM family (no TFLOP/s, MFU)
     trainable: int
     accum: int
     dtype: torch.dtype
@@ -113,9 +114,15 @@ def default_variants(cfg: Config) -> tuple[list[str], Schedule]:
     return variants, schedule
 
 
-def bench_shape(cfg: Config, model) -> plan.VLMShape:
-    """The plan's shape of the built model. Towers the plan has no formula for (EfficientNet) get their
-    parameter count from the module and their forward FLOPs counted on one image by torch's FLOP counter."""
+def bench_shape(cfg: Config, model) -> Optional[plan.VLMShape]:
+    """The plan's shape of the built model, or None for LLM families it does not model (e.g. gemma3).
+    Towers the plan has no formula for (EfficientNet) get their parameter count from the module and their
+    forward FLOPs counted on one image by torch's FLOP counter."""
+    try:
+        llm = plan.llm_shape(cfg.model)
+    except ValueError as e:
+        print(f"bench: no FLOP model ({e}); TFLOP/s and MFU are left out", flush=True)
+        return None
     try:
         vision = plan.vision_shape(cfg.model)
     except ValueError:
@@ -128,7 +135,7 @@ def bench_shape(cfg: Config, model) -> plan.VLMShape:
             tower(image)
         params = sum(p.numel() for p in tower.parameters())
         vision = plan.VisionShape(params, tower.num_tokens, tower.hidden_size, 0, float(counter.get_total_flops()))
-    return plan.VLMShape(plan.llm_shape(cfg.model), vision, cfg.model.projector.type, cfg.model.projector.hidden_size)
+    return plan.VLMShape(llm, vision, cfg.model.projector.type, cfg.model.projector.hidden_size)
 
 
 def _build_engine(cfg: Config, base: str) -> EngineRun:
@@ -164,8 +171,10 @@ def _now(cuda: bool) -> float:
     return time.perf_counter()
 
 
-def _batch_flops(run: VariantRun, batch: dict) -> float:
+def _batch_flops(run: VariantRun, batch: dict) -> Optional[float]:
     """Model FLOPs (forward + backward) of a padded batch: every sample costs the padded length."""
+    if run.owner.shape is None:
+        return None
     samples, length = batch["input_ids"].shape
     supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # where the training head runs
     key = (length, supervised)
@@ -196,7 +205,8 @@ def timed_step(run: VariantRun) -> StepTiming:
         t.forward, t.backward, t.optimizer = t.forward + t1 - t0, t.backward + t2 - t1, t.optimizer + t3 - t2
         t.tokens += float(batch["attention_mask"].sum())
         t.samples += int(batch["input_ids"].shape[0])
-        t.flops += _batch_flops(run, batch)
+        flops = _batch_flops(run, batch)
+        t.flops = None if flops is None else t.flops + flops
     t.seconds = _now(cuda) - start
     return t
 
@@ -207,6 +217,46 @@ def _device_name(device: torch.device) -> str:
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                  platform.processor() or "CPU")
     return f"CPU: {model}, {torch.get_num_threads()} torch threads"
+
+
+def _build_and_warm_up(cfg: Config, variants: list[str], steps: int, meter: bench_probe.MemoryMeter) -> list:
+    """One engine per region setting, built one after another so each one's memory growth is its own, and
+    each variant warmed up (untimed) for `steps` steps, its peak memory measured there."""
+    engines: dict[str, EngineRun] = {}
+    runs = []
+    for spec in variants:
+        base = parse_variant(spec)[0]
+        if base in engines:
+            continue
+        before = meter.settle() if meter.kind else 0
+        owner = engines[base] = _build_engine(cfg, base)
+        owned = [_attach(owner, s) for s in variants if parse_variant(s)[0] == base]
+        timed_step(owned[0])  # creates the optimizer state, which then stays resident
+        for run in owned:  # allocations, lazy inits, loader start-up; and each variant's step peak
+            start = meter.start_peak() if meter.kind else 0
+            for _ in range(steps):
+                timed_step(run)
+            if meter.kind:
+                run.step_peak_bytes = max(0, meter.peak() - start)
+        owner.state_bytes = optimizer_state_numel(owner.engine) * 4  # fp32 Adam moments
+        if meter.kind:
+            owner.resident_bytes = meter.settle() - before
+        runs += owned
+    return sorted(runs, key=lambda r: variants.index(r.spec))
+
+
+def _row(run: VariantRun, peak_tflops: float, projection: Projection) -> dict:
+    """A variant's result row, with the plan's predictions of what was measured beside it."""
+    owner, cfg = run.owner, run.owner.cfg
+    peak_mem = None if owner.resident_bytes is None else owner.resident_bytes + run.step_peak_bytes
+    predicted = {}
+    if owner.shape is not None:
+        memory = plan.memory_per_gpu(owner.shape, run.variant, cfg.deepspeed, dist.world_size(),
+                                     cfg.train.micro_batch_size, 1, cfg.model.gradient_checkpointing)
+        predicted = dict(plan_trainable_params=plan.trainable_params(owner.shape, run.variant.region)["total"],
+                         plan_optimizer_state_bytes=memory["adam_moments"])
+    return bench_report.variant_row(run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops,
+                                    projection, peak_mem, **predicted)
 
 
 def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: int, out_dir: Path,
@@ -228,45 +278,17 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
     dist.init_distributed()
     cfg = copy.deepcopy(cfg)
     device, dtype = dist.device(), model_dtype(cfg)
+    others = bench_probe.OtherLoad()
     peak_tflops, peak_source = bench_probe.resolve_peak(peak, dtype, device)
     meter = bench_probe.MemoryMeter(device, enabled=memory)
-    engines: dict[str, EngineRun] = {}
-    runs = []
-    for spec in variants:
-        base = parse_variant(spec)[0]
-        if base in engines:
-            continue
-        before = meter.settle() if meter.kind else 0
-        owner = engines[base] = _build_engine(cfg, base)
-        owned = [_attach(owner, s) for s in variants if parse_variant(s)[0] == base]
-        timed_step(owned[0])  # untimed: creates the optimizer state, which then stays resident
-        for run in owned:  # untimed warm-up: allocations, lazy inits, loader start-up; each step's peak memory
-            start = meter.start_peak() if meter.kind else 0
-            for _ in range(steps_per_round):
-                timed_step(run)
-            if meter.kind:
-                run.step_peak_bytes = max(0, meter.peak() - start)
-        owner.state_bytes = optimizer_state_numel(owner.engine) * 4  # fp32 Adam moments
-        if meter.kind:
-            owner.resident_bytes = meter.settle() - before
-        runs += owned
-    runs.sort(key=lambda r: variants.index(r.spec))
+    runs = _build_and_warm_up(cfg, variants, steps_per_round, meter)
     from tqdm import tqdm
 
     for _ in tqdm(range(rounds), desc="bench rounds", disable=not dist.is_main()):
         for run in runs:
             for _ in range(steps_per_round):
                 run.steps.append(timed_step(run))
-    rows = []
-    for run in runs:
-        owner = run.owner
-        peak_mem = None if owner.resident_bytes is None else owner.resident_bytes + run.step_peak_bytes
-        predicted = plan.memory_per_gpu(owner.shape, run.variant, cfg.deepspeed, dist.world_size(),
-                                        cfg.train.micro_batch_size, 1, cfg.model.gradient_checkpointing)
-        rows.append(bench_report.variant_row(
-            run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops, projection, peak_mem,
-            plan_trainable_params=plan.trainable_params(owner.shape, run.variant.region)["total"],
-            plan_optimizer_state_bytes=predicted["adam_moments"]))
+    rows = [_row(run, peak_tflops, projection) for run in runs]
     if schedule is not None:
         rows.append(bench_report.schedule_average(rows, schedule, variants[0], peak_tflops, projection))
     bench_report.add_ratios(rows)
@@ -276,6 +298,7 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
         "grad_accum": grad_accum_steps(cfg.train, dist.world_size()), "peak_tflops": peak_tflops,
         "peak_source": peak_source, "memory_kind": meter.kind,
         "projection": asdict(projection), "schedule": None if schedule is None else schedule.name,
+        "other_processes_cores": others.cores(), "cpu_count": os.cpu_count(),
     }
     if dist.is_main():
         paths = bench_report.write_report(rows, meta, out_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import time
 from typing import Optional
 
@@ -65,6 +66,36 @@ def resolve_peak(given: Optional[str], dtype: torch.dtype, device: torch.device)
     return measure_matmul_tflops(dtype, device), (
         f"best measured 1024x1024 {str(dtype).removeprefix('torch.')} matmul on this CPU with "
         f"{torch.get_num_threads()} threads; a measured rate, not a datasheet peak")
+
+
+class OtherLoad:
+    """CPU cores that other processes (other ranks included) kept busy since construction (Linux /proc/stat).
+
+    On a shared machine they matter more than their share suggests: torch's OpenMP threads meet at a barrier
+    after every op, so one thread descheduled for another process stalls all of them, and small-op models
+    (EfficientNet's depthwise convolutions) slow down by up to 20x on 2 cores with one busy neighbour.
+    """
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> Optional[tuple[float, float, float]]:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait, in clock ticks
+        return busy / os.sysconf("SC_CLK_TCK"), time.process_time(), time.perf_counter()
+
+    def cores(self) -> Optional[float]:
+        """Mean cores used by other processes (this one's threads excluded), or None without /proc/stat."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        busy, own, wall = (b - a for a, b in zip(self._start, end))
+        return max(0.0, (busy - own) / wall)
 
 
 class MemoryMeter:

@@ -36,7 +36,8 @@ MEMORY_KINDS = {
 @dataclass
 class StepTiming:
     """One timed optimizer step: wall seconds and their forward / backward / optimizer-step parts, the data
-    it consumed (non-pad tokens before any pooling, samples) and the FLOPs the plan says it did."""
+    it consumed (non-pad tokens before any pooling, samples) and the FLOPs the plan says it did (None: the
+    plan has no FLOP model for the LLM)."""
 
     seconds: float
     forward: float
@@ -44,7 +45,7 @@ class StepTiming:
     optimizer: float
     tokens: float
     samples: int
-    flops: float
+    flops: Optional[float]
 
 
 @dataclass
@@ -72,7 +73,8 @@ def variant_row(name: str, steps: list[StepTiming], trainable: int, state_bytes:
     per_sample = (seconds - optimizer_total) / samples  # forward + backward + data, per sample per device
     step_s = per_sample * projection.global_batch / projection.gpus + optimizer_total / len(steps)
     wall_s = math.ceil(projection.samples * projection.epochs / projection.global_batch) * step_s
-    achieved = sum(s.flops for s in steps) / seconds / 1e12
+    flops = None if any(s.flops is None for s in steps) else sum(s.flops for s in steps)
+    achieved = None if flops is None else flops / seconds / 1e12
     return {
         "variant": name,
         "steps_timed": len(steps),
@@ -86,9 +88,9 @@ def variant_row(name: str, steps: list[StepTiming], trainable: int, state_bytes:
         "tokens_per_sample": sum(s.tokens for s in steps) / samples,
         "samples_per_s": samples / seconds,
         "tokens_per_s": sum(s.tokens for s in steps) / seconds,
-        "flops_per_sample": sum(s.flops for s in steps) / samples,
+        "flops_per_sample": None if flops is None else flops / samples,
         "achieved_tflops": achieved,
-        "mfu": achieved / peak_tflops,
+        "mfu": None if achieved is None else achieved / peak_tflops,
         "trainable_params": trainable,
         "optimizer_state_bytes": state_bytes,
         "peak_mem_bytes": peak_mem_bytes,
@@ -116,10 +118,11 @@ def schedule_average(rows: list[dict], schedule: Schedule, base: str, peak_tflop
         phases.append((phase.fraction, by_name[name]))
     ref = by_name[base]
     sec_per_sample = sum(f * 1 / r["samples_per_s"] for f, r in phases)
-    flops_per_sample = sum(f * r["flops_per_sample"] for f, r in phases)
+    flops = [r["flops_per_sample"] for _, r in phases]
+    flops_per_sample = None if None in flops else sum(f * r["flops_per_sample"] for f, r in phases)
     wall_h = sum(f * r["projected_wall_h"] for f, r in phases)
     mems = [r["peak_mem_bytes"] for _, r in phases]
-    achieved = flops_per_sample / sec_per_sample / 1e12
+    achieved = None if flops_per_sample is None else flops_per_sample / sec_per_sample / 1e12
     return {
         "variant": f"{base} + {schedule.name} (whole-run average)",
         "steps_timed": 0,
@@ -134,7 +137,7 @@ def schedule_average(rows: list[dict], schedule: Schedule, base: str, peak_tflop
         "tokens_per_s": ref["tokens_per_sample"] / sec_per_sample,
         "flops_per_sample": flops_per_sample,
         "achieved_tflops": achieved,
-        "mfu": achieved / peak_tflops,
+        "mfu": None if achieved is None else achieved / peak_tflops,
         "trainable_params": ref["trainable_params"],
         "optimizer_state_bytes": ref["optimizer_state_bytes"],
         "peak_mem_bytes": None if None in mems else max(mems),
@@ -161,6 +164,10 @@ def _x(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _num(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def format_table(rows: list[dict], meta: dict) -> str:
     """Markdown table (ratios to the first row beside each measure) and the notes needed to read it."""
     base, proj = rows[0]["variant"], meta["projection"]
@@ -176,8 +183,8 @@ def format_table(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['variant']} | {r['median_step_s']:.2f}{spread} | "
             f"{r['forward_s']:.2f} / {r['backward_s']:.2f} / {r['optimizer_s']:.2f} | {r['samples_per_s']:.2f} | "
-            f"{r['tokens_per_s']:,.0f} | {_x(r['tokens_per_s_ratio'])} | {r['achieved_tflops']:.3f} | "
-            f"{100 * r['mfu']:.1f}% | {r['trainable_params']:,} | {r['optimizer_state_bytes'] / MIB:,.1f} MiB | "
+            f"{r['tokens_per_s']:,.0f} | {_x(r['tokens_per_s_ratio'])} | {_num(r['achieved_tflops'], '{:.3f}')} | "
+            f"{_num(r['mfu'], '{:.1%}')} | {r['trainable_params']:,} | {r['optimizer_state_bytes'] / MIB:,.1f} MiB | "
             f"{mem} | {_x(r['peak_mem_ratio'])} | {r['projected_wall_h']:,.1f} | {r['projected_gpu_hours']:,.1f} | "
             f"{_x(r['gpu_hours_ratio'])} |"
         )
@@ -186,6 +193,7 @@ def format_table(rows: list[dict], meta: dict) -> str:
         f"- device: {meta['device']}; {meta['rounds']} interleaved rounds x {meta['steps_per_round']} optimizer "
         f"steps per variant (after an untimed warm-up round); micro-batch {meta['micro_batch_size']} x "
         f"grad-accum {meta['grad_accum']}.",
+        _load_note(meta),
         f"- MFU = achieved TFLOP/s / {meta['peak_tflops']:.3g} TFLOP/s ({meta['peak_source']}). Achieved counts "
         "the FLOPs each batch actually needed (plan.sample_flops: padded length, pooled layers, backward only "
         "where gradients flow, head on supervised positions).",
@@ -195,6 +203,18 @@ def format_table(rows: list[dict], meta: dict) -> str:
         "amortised over the global batch.",
     ]
     return "\n".join(lines + notes)
+
+
+def _load_note(meta: dict) -> str:
+    """How busy other processes kept the machine: they distort absolute times most (see bench_probe.OtherLoad)."""
+    cores = meta.get("other_processes_cores")
+    if cores is None:
+        return "- other processes' CPU use: unknown."
+    note = f"- other processes kept {cores:.2f} of {meta['cpu_count']} CPU cores busy on average during the bench"
+    if cores > 0.25:
+        note += ("; absolute times are inflated and noisy (on CPU, torch's threads stall whenever one is "
+                 "descheduled), and interleaving keeps only the ratios comparable")
+    return note + "."
 
 
 def plot(rows: list[dict], path: Path, baseline: str) -> Path:

@@ -147,7 +147,7 @@ def llm_shape(cfg: ModelConfig) -> LLMShape:
 
         tiny = dict(cfg.llm.tiny)
         hf = TINY_FAMILIES[tiny.pop("family", "llama")](tiny)
-        family = "qwen2" if hf.model_type == "qwen2" else "llama"
+        family = hf.model_type  # "gemma3_text" for a tiny gemma3: not modelled, refused below
     elif cfg.llm.path is not None:
         from transformers import AutoConfig
 
