@@ -1,4 +1,4 @@
-"""Hardware figures for `vregion bench`: the peak TFLOP/s that MFU divides by, and per-variant peak RSS on CPU.
+"""Machine figures for `vregion bench`: the peak TFLOP/s behind MFU, per-variant peak memory, CPU contention.
 
 Peak: a datasheet bf16 dense peak for known GPUs (plan.PEAK_TFLOPS), a given number, or else the best
 rate of a large matmul measured here in the training dtype. A CPU has no meaningful datasheet figure that
