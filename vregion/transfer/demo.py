@@ -17,8 +17,6 @@ markdown table, JSON, and a PNG of both curves.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -145,13 +143,10 @@ def plot(curves: dict[str, list[Point]], out_file: Path) -> None:
 
 
 def _run(args: list[str], done: Path) -> None:
-    """One `vregion` subprocess, skipped when its last stage's summary exists (resumed when it was killed)."""
-    if done.exists():
-        print(f"done already: {done.parent}", flush=True)
-        return
-    cmd = [sys.executable, "-m", "vregion.cli", *args, "--resume"]
-    print("$ vregion " + " ".join(args + ["--resume"]), flush=True)
-    subprocess.run(cmd, check=True)
+    """One `vregion` subprocess with `--resume`, skipped when its last stage's summary exists."""
+    from vregion.replicate.run import vregion
+
+    vregion([*args, "--resume"], done, label=str(done.parent))
 
 
 def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: int, warmup_steps: int,
