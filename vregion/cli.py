@@ -80,12 +80,14 @@ def _bench(args: argparse.Namespace) -> int:
     stage = stages[-1] if args.stage is None else next((s for s in stages if s.stage_name == args.stage), None)
     if stage is None:
         raise ConfigError(f"no stage {args.stage!r}; stages: {', '.join(names)}")
+    from vregion.assets import resolve_config_assets
+
     if args.plan:
         from vregion.engine.plan import plan_text
 
+        resolve_config_assets(stage)  # a local model's shape comes from its config.json
         print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
         return 0
-    from vregion.assets import resolve_config_assets
     from vregion.engine.bench import default_variants, run_bench, schedule_variants
     from vregion.engine.bench_report import Projection
     from vregion.engine.run import prepare_data

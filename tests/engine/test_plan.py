@@ -127,3 +127,22 @@ def test_13b_region_lora_fits_80gb_and_full_does_not():
         assert not rows["full"].fits
         # full fine-tuning: 16 bytes per trainable parameter alone exceed 80 GB
         assert rows["full"].memory["optimizer"] + rows["full"].memory["grads"] > 80e9
+
+
+@pytest.mark.parametrize("image_size, tolerance", [(96, 2e-3), (160, 2e-3), (200, 0.15)])
+def test_efficientnet_lite0_shape_matches_the_built_network(image_size, tolerance):
+    """The plan's constants for the demo's tower equal a fresh count on the real (randomly initialised) network:
+    exactly for sides that are multiples of 32, within 15% otherwise ("SAME" padding rounds each stage up)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vregion.engine.plan import efficientnet_lite0_shape
+    from vregion.models.efficientnet import build_lite0_network
+
+    network = build_lite0_network(image_size, None).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        features = network.extract_features(torch.zeros(1, 3, image_size, image_size))
+    shape = efficientnet_lite0_shape(image_size)
+    assert shape.params == sum(p.numel() for p in network.parameters())
+    assert (shape.tokens, shape.hidden) == (features.shape[2] * features.shape[3], features.shape[1])
+    assert shape.forward_flops == pytest.approx(counter.get_total_flops(), rel=tolerance)

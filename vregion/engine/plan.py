@@ -162,12 +162,26 @@ def llm_shape(cfg: ModelConfig) -> LLMShape:
                     getattr(hf, "head_dim", None), bool(hf.tie_word_embeddings), family == "qwen2")
 
 
+def efficientnet_lite0_shape(image_size: Optional[int]) -> VisionShape:
+    """EfficientNet-Lite0 at `image_size` (None: 224): ceil(S/32)^2 tokens of 1280 channels, FLOPs per pixel
+    (exact for sides that are multiples of 32; others pad every stride-2 stage up, ~10% more than this)."""
+    from vregion.models import efficientnet as lite0
+
+    size = image_size or lite0.DEFAULT_IMAGE_SIZE
+    side = -(-size // lite0.FEATURE_STRIDE)
+    return VisionShape(lite0.NUM_PARAMS, side * side, lite0.HIDDEN_SIZE, 0, lite0.FLOPS_PER_PIXEL * size * size)
+
+
 def vision_shape(cfg: ModelConfig) -> VisionShape:
-    """The vision tower of a config: a known hub id or a CLIP (tiny or local); other towers raise ValueError."""
+    """The vision tower of a config: a known hub id, EfficientNet-Lite0, or a CLIP (tiny or local); other towers
+    raise ValueError."""
     if cfg.vision.path in KNOWN_VISION:
         return KNOWN_VISION[cfg.vision.path]
+    if cfg.vision.type == "efficientnet-lite0":
+        return efficientnet_lite0_shape(cfg.vision.image_size)
     if cfg.vision.type != "clip":
-        raise ValueError(f"plan models clip vision towers (or known hub ids), not {cfg.vision.type!r}")
+        raise ValueError(f"plan models clip and efficientnet-lite0 vision towers (or known hub ids), not "
+                         f"{cfg.vision.type!r}")
     if cfg.vision.tiny is not None:
         from vregion.models.backbones import TINY_VIT_DEFAULTS
 
@@ -451,6 +465,11 @@ def default_tokens_per_sample(shape: VLMShape, cfg: Config) -> int:
     return min(cfg.data.max_length, shape.vision.tokens + TEXT_TOKENS_ESTIMATE)
 
 
+def _sig(x: float) -> str:
+    """3 significant figures without exponent (0.0123, 1.23, 1,234): small models' costs must not read as 0.0."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{float(f'{x:.3g}'):g}"
+
+
 def format_plan(rows: list[PlanRow], title: str = "", gpu_memory_gb: float = 80.0) -> str:
     """Markdown table of plan rows; memory in GB (1e9 bytes)."""
     lines = [title] if title else []
@@ -461,9 +480,9 @@ def format_plan(rows: list[PlanRow], title: str = "", gpu_memory_gb: float = 80.
         m = {k: v / GB for k, v in r.memory.items()}
         cpu = f" (+{m['cpu']:.0f} CPU)" if m["cpu"] else ""
         lines.append(
-            f"| {r.variant} | {r.trainable / 1e6:,.1f}M | {r.flops_per_sample / 1e12:.1f} | {m['weights']:.1f} | "
+            f"| {r.variant} | {r.trainable / 1e6:,.1f}M | {_sig(r.flops_per_sample / 1e12)} | {m['weights']:.1f} | "
             f"{m['grads']:.1f} | {m['optimizer']:.1f} | {m['activations']:.1f} | {m['gpu_total']:.1f}{cpu} | "
-            f"{'yes' if r.fits else 'no'} | {r.tokens_per_s:,.0f} | {r.hours:,.1f} | {r.gpu_hours:,.0f} |"
+            f"{'yes' if r.fits else 'no'} | {r.tokens_per_s:,.0f} | {_sig(r.hours)} | {_sig(r.gpu_hours)} |"
         )
     return "\n".join(lines)
 

@@ -22,6 +22,12 @@ MODEL_NAME = "efficientnet-lite0"
 DEFAULT_IMAGE_SIZE = 224
 FEATURE_STRIDE = 32  # five stride-2 stages
 HIDDEN_SIZE = 1280
+# For `vregion bench --plan`, which builds no weights: the package network's parameters (classifier included,
+# the backbone holds it) and the forward FLOPs of `extract_features` per input pixel, counted with torch's
+# FlopCounterMode (every layer is a convolution, so the count is proportional to pixels: 128-256 px agree to
+# 0.01%; tests/engine/test_plan.py re-counts it).
+NUM_PARAMS = 4_652_008
+FLOPS_PER_PIXEL = 15_302.4
 # TF's edge models were trained on (x - 127) / 128 of 0..255 pixels ("inception-style, for better
 # post-quantization"), not on ImageNet mean/std; the package README's ImageNet stats are copied from B0-B7.
 LITE_MEAN = (127.0 / 255.0,) * 3
