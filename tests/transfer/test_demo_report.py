@@ -57,3 +57,25 @@ def test_a_scratch_accuracy_of_zero_sets_no_accuracy_target(tmp_path):
     assert result["target"]["accuracy"] is None
     assert result["runs"][TRANSFER]["reach"]["accuracy"] is None and "accuracy_step_ratio" not in result["runs"][TRANSFER]
     assert "| transfer | 2 (2.0x fewer) | 0.0 min (2.0x) | - | - |" in format_table(result)
+
+
+def test_control_run_has_the_transfer_schedule_on_a_fresh_projector():
+    """scratch-5x-lr resolves to the warm-up `vregion transfer` would run (5x the projector lr, constant, no lr
+    warmup, projector only), then the config's own training at its normal lr."""
+    from vregion.cli import resolve_config_path
+    from vregion.config import load_config
+    from vregion.transfer.demo import TARGET_CONFIG, control_stages
+    from vregion.transfer.plan import transfer_config
+
+    override = f"stages={json.dumps(control_stages(7))}"
+    warmup, train = load_config(resolve_config_path(TARGET_CONFIG), [override, "train.max_steps=3"]).stage_configs()
+    base = load_config(resolve_config_path(TARGET_CONFIG))
+    transferred = transfer_config(base, "unused-init").stage_configs()[0]
+    assert (warmup.optim.projector_lr, warmup.optim.schedule, warmup.optim.warmup_ratio) == (
+        transferred.optim.projector_lr, transferred.optim.schedule, transferred.optim.warmup_ratio)
+    assert (warmup.optim.schedule, warmup.optim.warmup_ratio, warmup.train.max_steps) == ("constant", 0.0, 7)
+    assert warmup.optim.projector_lr == pytest.approx(5 * base.optim.projector_lr)
+    assert warmup.region.strategy == train.region.strategy == "none"
+    assert warmup.model.init_from is None  # a fresh projector: nothing is transferred
+    assert (train.optim.projector_lr, train.optim.schedule, train.train.max_steps) == (
+        base.optim.projector_lr, base.optim.schedule, 3)

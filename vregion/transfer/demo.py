@@ -1,12 +1,14 @@
 """`vregion transfer-demo`: VPG transfer SmolLM2-135M -> Gemma3-270M against a projector trained from scratch.
 
-Four real runs under one output folder, each a `vregion` subprocess started with `--resume`, so re-running the
+Five real runs under one output folder, each a `vregion` subprocess started with `--resume`, so re-running the
 command skips finished runs and continues a killed one:
 
   source        the demo's projector on SmolLM2-135M (`demo` config, projector only)
   scratch       a fresh projector on Gemma3-270M (`demo-transfer` as a plain training config)
   transfer      `vregion transfer demo-transfer`: converter init, 5x-lr projector warm-up, projector training
   no-converter  the same with `transfer.use_converter=false` (ablation: fresh last linear)
+  scratch-5x-lr the transfer's schedule (5x-lr constant warm-up, then the normal lr) on a fresh projector:
+                whether the speed-up comes from what is transferred or only from the warm-up's larger lr
 
 Every Gemma3 run logs the held-out loss and Fashion-MNIST accuracy at step 0 and every `--eval-every` steps.
 The report gives, per run, the optimizer steps and the training wall time (sum of logged step times, plus the
@@ -21,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-SCRATCH, TRANSFER, ABLATION = "scratch", "transfer", "no-converter"
+SCRATCH, TRANSFER, ABLATION, CONTROL = "scratch", "transfer", "no-converter", "scratch-5x-lr"
+TARGET_CONFIG = "demo-transfer"
 
 
 @dataclass
@@ -142,6 +145,19 @@ def plot(curves: dict[str, list[Point]], out_file: Path) -> None:
     plt.close(fig)
 
 
+def control_stages(warmup_steps: int) -> list[dict]:
+    """The transferred runs' two stages for a fresh projector: the warm-up exactly as `vregion transfer` makes it
+    (transfer.warmup_lr_scale x the projector lr, constant, no lr warmup), then the config's own training."""
+    from vregion.cli import resolve_config_path
+    from vregion.config import load_config
+
+    cfg = load_config(resolve_config_path(TARGET_CONFIG))
+    projector_lr = cfg.optim.projector_lr if cfg.optim.projector_lr is not None else cfg.optim.lr
+    warmup_optim = {"projector_lr": cfg.transfer.warmup_lr_scale * projector_lr, "schedule": "constant",
+                    "warmup_ratio": 0.0}
+    return [{"name": "warmup", "optim": warmup_optim, "train": {"max_steps": warmup_steps}}, {"name": "train"}]
+
+
 def _run(args: list[str], done: Path) -> None:
     """One `vregion` subprocess with `--resume`, skipped when its last stage's summary exists."""
     from vregion.replicate.run import vregion
@@ -151,24 +167,28 @@ def _run(args: list[str], done: Path) -> None:
 
 def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: int, warmup_steps: int,
              eval_every: int, transfer_eval_every: int) -> dict:
-    """Train the four runs (or reuse them), then write transfer-demo.{md,json,png} into `out`."""
+    """Train the five runs (or reuse them), then write transfer-demo.{md,json,png} into `out`."""
     out = out.resolve()
     source = out / "source"
     _run(["train", "demo", f"run.output_dir={source}", "stages=[]", "region.strategy=none", "optim.lr=1e-3",
           f"train.max_steps={source_steps}", "eval.before_after=false"], source / "summary.json")
     common = [f"transfer.source={source / 'final'}", f"transfer.warmup_steps={warmup_steps}",
               f"train.max_steps={transfer_steps}", f"train.eval_every={transfer_eval_every}"]
-    _run(["train", "demo-transfer", f"run.output_dir={out / SCRATCH}", f"train.max_steps={scratch_steps}",
+    _run(["train", TARGET_CONFIG, f"run.output_dir={out / SCRATCH}", f"train.max_steps={scratch_steps}",
           f"train.eval_every={eval_every}"], out / SCRATCH / "summary.json")
-    _run(["transfer", "demo-transfer", f"run.output_dir={out / TRANSFER}", *common],
+    _run(["transfer", TARGET_CONFIG, f"run.output_dir={out / TRANSFER}", *common],
          out / TRANSFER / "train" / "summary.json")
-    _run(["transfer", "demo-transfer", f"run.output_dir={out / ABLATION}", "transfer.use_converter=false", *common],
+    _run(["transfer", TARGET_CONFIG, f"run.output_dir={out / ABLATION}", "transfer.use_converter=false", *common],
          out / ABLATION / "train" / "summary.json")
+    control = f"stages={json.dumps(control_stages(warmup_steps))}"
+    _run(["train", TARGET_CONFIG, f"run.output_dir={out / CONTROL}", control, f"train.max_steps={transfer_steps}",
+          f"train.eval_every={transfer_eval_every}"], out / CONTROL / "train" / "summary.json")
 
     curves = {SCRATCH: read_curve([out / SCRATCH])}
     for name in (TRANSFER, ABLATION):
         init = json.loads((out / name / "transfer-init" / "transfer.json").read_text())
         curves[name] = read_curve([out / name / "warmup", out / name / "train"], start_s=init["init_wall_s"])
+    curves[CONTROL] = read_curve([out / CONTROL / "warmup", out / CONTROL / "train"])
     result = compare(curves)
     result["transfer_init"] = json.loads((out / TRANSFER / "transfer-init" / "transfer.json").read_text())
     result["curves"] = {name: [asdict(p) for p in curve] for name, curve in curves.items()}
