@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--resume", action="store_true", help="continue the transfer run in run.output_dir")
     transfer.set_defaults(func=_transfer)
     demo = sub.add_parser("transfer-demo", help="VPG transfer SmolLM2-135M -> Gemma3-270M vs a projector from scratch")
-    demo.add_argument("--out", default="runs/transfer-demo", help="folder of the four runs and the report")
+    demo.add_argument("--out", default="runs/transfer-demo", help="folder of the five runs and the report")
     demo.add_argument("--source-steps", type=int, default=40, help="projector steps on SmolLM2 (the source)")
     demo.add_argument("--scratch-steps", type=int, default=80, help="projector steps of the from-scratch baseline")
     demo.add_argument("--warmup-steps", type=int, default=20, help="transferred runs: 5x-lr projector warm-up steps")
