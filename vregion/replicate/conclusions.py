@@ -20,6 +20,9 @@ from vregion.replicate.results import Row, RunResult, Stat, build_row, paired, p
 from vregion.replicate.variants import FULL, PROJECTOR, parse_variant
 
 AGREES, DISAGREES, INCONCLUSIVE, CONTEXT = "agrees", "disagrees", "inconclusive", "context"
+# Text perplexity counts as "kept" within this rise, %: ~0.02 nats per token, a small fraction of what stage-2
+# tuning moves it on the demo (full tuning: -2.7%), like a benchmark point or two for the paper's "kept".
+KEPT_PPL_RISE_PCT = 2.0
 
 
 @dataclass
@@ -193,20 +196,27 @@ def time_claim(region: Row) -> Optional[Claim]:
 
 
 def text_claim(region: Row, full: Row) -> Optional[Claim]:
-    """Region tuning loses less of the LLM's language ability than full tuning (paper: MMLU kept or improved):
-    a lower text perplexity after the region than after full tuning, beyond the seed spread."""
+    """The region keeps the LLM's language ability (paper: MMLU "kept or improved"): text perplexity after the
+    region at most KEPT_PPL_RISE_PCT above the seed's stage-1 checkpoint (whose LLM is untouched); a larger rise
+    within the seed spread is inconclusive. Full tuning's change is given beside it, for scale."""
     if not (region.ppl_after.n and full.ppl_after.n and region.ppl_before.n):
         return None
-    d = seed_diff(full.ppl_after, region.ppl_after)  # positive: full forgot more
     before = region.ppl_before.mean
+    # paired by seed: each seed's region run against its own stage-1 checkpoint
+    rise = paired_diff(Stat([100 * (a / b - 1) for a, b in zip(region.ppl_after.values, region.ppl_before.values)]),
+                       0.0)
+    if rise.value <= KEPT_PPL_RISE_PCT:
+        verdict = AGREES
+    else:
+        verdict = INCONCLUSIVE if rise.measured_noise and rise.value <= rise.noise else DISAGREES
 
     def change(row: Row) -> str:
         return f"{row.ppl_after.mean:.2f} ({_signed(100 * (row.ppl_after.mean / before - 1))}%)"
 
-    return Claim("Region keeps text ability better than full tuning", d.verdict(True),
-                 f"Text perplexity {before:.2f} before stage 2 -> {change(region)} after {region.variant}, "
-                 f"{change(full)} after full tuning ({d.noise_text('')}); paper: text benchmarks (MMLU) kept or "
-                 f"improved with the region.")
+    return Claim("Region keeps text ability", verdict,
+                 f"Text perplexity {before:.2f} before stage 2 -> {change(region)} after {region.variant} "
+                 f"(kept: a rise of at most {KEPT_PPL_RISE_PCT:g}%), {change(full)} after full tuning; paper: text "
+                 f"benchmarks (MMLU) kept or improved with the region.")
 
 
 def projector_context(rows: dict[str, Row], region: Row, full: Row) -> Optional[Claim]:
