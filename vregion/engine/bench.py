@@ -116,7 +116,7 @@ def default_variants(cfg: Config) -> tuple[list[str], Schedule]:
 
 def bench_shape(cfg: Config, model) -> Optional[plan.VLMShape]:
     """The plan's shape of the built model, or None for LLM families it does not model (e.g. gemma3).
-    Towers the plan has no formula for (EfficientNet) get their parameter count from the module and their
+    Towers the plan has no formula for (e.g. SigLIP) get their parameter count from the module and their
     forward FLOPs counted on one image by torch's FLOP counter."""
     try:
         llm = plan.llm_shape(cfg.model)

@@ -146,16 +146,14 @@ def plot(curves: dict[str, list[Point]], out_file: Path) -> None:
 
 
 def control_stages(warmup_steps: int) -> list[dict]:
-    """The transferred runs' two stages for a fresh projector: the warm-up exactly as `vregion transfer` makes it
-    (transfer.warmup_lr_scale x the projector lr, constant, no lr warmup), then the config's own training."""
+    """The transferred runs' stages exactly as `vregion transfer` makes them (`transfer_config`: the 5x-lr
+    constant warm-up, then the config's own training), to train a fresh projector with: no init_from is kept."""
     from vregion.cli import resolve_config_path
     from vregion.config import load_config
+    from vregion.transfer.plan import transfer_config
 
-    cfg = load_config(resolve_config_path(TARGET_CONFIG))
-    projector_lr = cfg.optim.projector_lr if cfg.optim.projector_lr is not None else cfg.optim.lr
-    warmup_optim = {"projector_lr": cfg.transfer.warmup_lr_scale * projector_lr, "schedule": "constant",
-                    "warmup_ratio": 0.0}
-    return [{"name": "warmup", "optim": warmup_optim, "train": {"max_steps": warmup_steps}}, {"name": "train"}]
+    cfg = load_config(resolve_config_path(TARGET_CONFIG), [f"transfer.warmup_steps={warmup_steps}"])
+    return transfer_config(cfg, init_dir="unused").stages
 
 
 def _run(args: list[str], done: Path) -> None:
