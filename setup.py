@@ -41,5 +41,5 @@ setup(
         "gpu": ["flash-attn>=2.5"],
         "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22"],  # skimage: bundled test photos
     },
-    entry_points={"console_scripts": ["vregion=vregion.cli:main"]},
+    entry_points={"console_scripts": ["vregion=vregion.cli:run"]},
 )

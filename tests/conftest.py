@@ -1,6 +1,7 @@
 """Suite-wide settings: CPU DeepSpeed, no wandb network, and (in CI) no silently skipped tests."""
 
 import os
+import sys
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -17,3 +18,12 @@ def pytest_sessionfinish(session, exitstatus):
     if skipped:
         reporter.write_line(f"VREGION_NO_SKIPS: {len(skipped)} test(s) skipped; CI must run them all", red=True)
         session.exitstatus = 1
+
+
+def pytest_unconfigure(config):
+    """Tests that build a trainer in this process set up a one-rank gloo group; destroy it before the
+    interpreter exits (a live group's threads can abort the process at finalisation: see
+    vregion.engine.distributed.shutdown)."""
+    distributed = sys.modules.get("vregion.engine.distributed")
+    if distributed is not None:
+        distributed.shutdown(wait_for_peers=False)

@@ -1,5 +1,8 @@
 """Config loading: strict keys, overrides, stages."""
 
+import subprocess
+import sys
+
 import pytest
 
 from vregion.cli import main, resolve_config_path
@@ -61,3 +64,11 @@ def test_cli_reports_config_errors_without_traceback(capsys):
     assert main(["train", "tiny", "optim.nope=1"]) == 2
     err = capsys.readouterr().err
     assert "optim.nope" in err and "valid keys in optim" in err
+
+
+def test_the_program_exits_with_mains_code():
+    """`python -m vregion.cli` (what the launchers run) goes through `run`, which must keep main's exit code."""
+    proc = subprocess.run([sys.executable, "-m", "vregion.cli", "train", "tiny", "optim.nope=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "optim.nope" in proc.stderr and "Traceback" not in proc.stderr

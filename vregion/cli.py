@@ -352,5 +352,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The `vregion` program: `main`, then leave the process group before the interpreter exits.
+
+    `main` itself leaves it alone, so code that calls it in-process (tests, notebooks) keeps its group.
+    """
+    code = main()
+    # Only commands that set up torch.distributed imported this module; the others stay free of torch.
+    distributed = sys.modules.get("vregion.engine.distributed")
+    if distributed is not None:
+        distributed.shutdown(wait_for_peers=code == 0)  # a failed rank must not wait for the others
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -36,6 +36,20 @@ def init_distributed(timeout_s: int = 1800) -> None:
         torch.cuda.set_device(local_rank())
 
 
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Leave the process group: wait until every rank is done (unless told not to), then destroy it.
+
+    Why: a gloo group still alive when the interpreter finalises leaves its C++ worker threads running, and a
+    rank that finished all its steps then aborts ("terminate called without an active exception", SIGABRT),
+    which the launcher reports as a failed run.
+    """
+    if not torch.distributed.is_initialized():
+        return
+    if wait_for_peers:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
