@@ -53,7 +53,7 @@ def _transfer_demo(args: argparse.Namespace) -> int:
     from vregion.transfer.demo import run_demo
 
     run_demo(Path(args.out), args.source_steps, args.scratch_steps, args.transfer_steps, args.warmup_steps,
-             args.eval_every, args.transfer_eval_every)
+             args.eval_every, args.transfer_eval_every, args.seed)
     return 0
 
 
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transfer-steps", type=int, default=10, help="transferred runs: projector steps after warm-up")
     demo.add_argument("--eval-every", type=int, default=10, help="scratch run: steps between held-out evaluations")
     demo.add_argument("--transfer-eval-every", type=int, default=5, help="transferred runs: steps between evaluations")
+    demo.add_argument("--seed", type=int, default=0, help="run.seed of all five runs (data order, projector init)")
     demo.set_defaults(func=_transfer_demo)
 
     rep = sub.add_parser("replicate", help="visual-region replication: stage 1, stage-2 region variants, compression "

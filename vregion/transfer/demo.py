@@ -164,23 +164,28 @@ def _run(args: list[str], done: Path) -> None:
 
 
 def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: int, warmup_steps: int,
-             eval_every: int, transfer_eval_every: int) -> dict:
-    """Train the five runs (or reuse them), then write transfer-demo.{md,json,png} into `out`."""
+             eval_every: int, transfer_eval_every: int, seed: int = 0) -> dict:
+    """Train the five runs (or reuse them), then write transfer-demo.{md,json,png} into `out`.
+
+    `seed` (run.seed of every run: data order and projector initialisation) repeats the comparison on other
+    draws; the held-out questions stay the same.
+    """
     out = out.resolve()
     source = out / "source"
+    seeded = [f"run.seed={seed}"]
     _run(["train", "demo", f"run.output_dir={source}", "stages=[]", "region.strategy=none", "optim.lr=1e-3",
-          f"train.max_steps={source_steps}", "eval.before_after=false"], source / "summary.json")
+          f"train.max_steps={source_steps}", "eval.before_after=false", *seeded], source / "summary.json")
     common = [f"transfer.source={source / 'final'}", f"transfer.warmup_steps={warmup_steps}",
-              f"train.max_steps={transfer_steps}", f"train.eval_every={transfer_eval_every}"]
+              f"train.max_steps={transfer_steps}", f"train.eval_every={transfer_eval_every}", *seeded]
     _run(["train", TARGET_CONFIG, f"run.output_dir={out / SCRATCH}", f"train.max_steps={scratch_steps}",
-          f"train.eval_every={eval_every}"], out / SCRATCH / "summary.json")
+          f"train.eval_every={eval_every}", *seeded], out / SCRATCH / "summary.json")
     _run(["transfer", TARGET_CONFIG, f"run.output_dir={out / TRANSFER}", *common],
          out / TRANSFER / "train" / "summary.json")
     _run(["transfer", TARGET_CONFIG, f"run.output_dir={out / ABLATION}", "transfer.use_converter=false", *common],
          out / ABLATION / "train" / "summary.json")
     control = f"stages={json.dumps(control_stages(warmup_steps))}"
     _run(["train", TARGET_CONFIG, f"run.output_dir={out / CONTROL}", control, f"train.max_steps={transfer_steps}",
-          f"train.eval_every={transfer_eval_every}"], out / CONTROL / "train" / "summary.json")
+          f"train.eval_every={transfer_eval_every}", *seeded], out / CONTROL / "train" / "summary.json")
 
     curves = {SCRATCH: read_curve([out / SCRATCH])}
     for name in (TRANSFER, ABLATION):
