@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+
 import torch
 
 
@@ -32,8 +34,26 @@ def init_distributed(timeout_s: int = 1800) -> None:
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        _unlink_shm_allreduce_buffer()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """Remove the name of DeepSpeed's CPU shared-memory all-reduce buffer once every rank has mapped it.
+
+    Why: on the CPU accelerator, when all ranks share a machine (LOCAL_SIZE == WORLD_SIZE, as under the deepspeed
+    launcher), DeepSpeed creates a ~69 MB POSIX shared-memory segment per rank and never unlinks it, so every
+    run left ~69 MB per rank in /dev/shm (RAM) until reboot, and a later run on the same port could map a stale
+    one. Each rank maps all peers' segments inside `init_distributed`; after a barrier the names are no longer
+    needed, and an unlinked segment is freed when its last process exits, even one that is killed.
+    """
+    if torch.cuda.is_available() or os.environ.get("LOCAL_SIZE") != str(world_size()):
+        return
+    barrier()
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_" \
+           f"{os.environ.get('MASTER_PORT', '')}_{rank()}"
+    Path("/dev/shm", name).unlink(missing_ok=True)  # shm_unlink() on Linux is an unlink in /dev/shm
 
 
 def shutdown(wait_for_peers: bool = True) -> None:
