@@ -109,6 +109,21 @@ def test_uniform_vs_block_verdict_flips_with_the_numbers(uniform, middle, expect
     assert f"(middle-8): {diff} points" in claim.text
 
 
+@pytest.mark.parametrize("uniform,top,expected", [((2.0, 2.02), (2.3, 2.32), AGREES),
+                                                  ((2.3, 2.32), (2.0, 2.02), DISAGREES),
+                                                  ((2.0, 2.3), (2.1, 2.2), INCONCLUSIVE)])
+def test_uniform_vs_block_on_caption_loss_judged_by_the_seed_spread(uniform, top, expected):
+    runs = baseline(seeds=(0, 1))
+    runs["uniform-8"] = {s: result("uniform-8", s, 0.7, caption=c) for s, c in enumerate(uniform)}
+    runs["top-8"] = {s: result("top-8", s, 0.7, caption=c, layers=list(range(22, 30))) for s, c in enumerate(top)}
+    runs["bottom-8"] = {s: result("bottom-8", s, 0.7, caption=3.0, layers=list(range(8))) for s in (0, 1)}
+    claim = next(c for c in conclusions(rows_of(runs), runs, N, 8, None) if c.topic.endswith("(caption loss)"))
+    assert claim.verdict == expected
+    assert "best block by this measure, top-8" in claim.text and "bottom-8 150.0%" in claim.text  # full's is 2.0
+    gap = 50 * (sum(uniform) - sum(top)) / 2.0  # mean of paired % of full (full: 2.0 both seeds)
+    assert f"{gap:+.1f} points".replace("-", "−") in claim.text
+
+
 def test_sweep_metric_time_and_text_verdicts_flip():
     runs = baseline()
     for n, acc in ((1, 0.40), (8, 0.79), (15, 0.80)):
