@@ -125,12 +125,13 @@ def _check_settings(path: Path, settings: dict) -> None:
                           "and --text")
 
 
-def vregion(args: list[str], done: Path, label: str) -> None:
-    """One `vregion` subprocess, skipped when `done` exists; a failure stops the replication with its label."""
+def vregion(args: list[str], done: Path, label: str, tag: str = "replicate") -> None:
+    """One `vregion` subprocess, skipped when `done` exists; a failure stops the caller's sequence with its label.
+    `tag` names the command running the sequence in the progress lines."""
     if done.exists():
-        print(f"[replicate] done already: {label}", flush=True)
+        print(f"[{tag}] done already: {label}", flush=True)
         return
-    print(f"[replicate] {label}: vregion {' '.join(args)}", flush=True)
+    print(f"[{tag}] {label}: vregion {' '.join(args)}", flush=True)
     proc = subprocess.run([sys.executable, "-m", "vregion.cli", *args])
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed (exit {proc.returncode}); run the same command again to continue")

@@ -160,7 +160,7 @@ def _run(args: list[str], done: Path) -> None:
     """One `vregion` subprocess with `--resume`, skipped when its last stage's summary exists."""
     from vregion.replicate.run import vregion
 
-    vregion([*args, "--resume"], done, label=str(done.parent))
+    vregion([*args, "--resume"], done, label=str(done.parent), tag="transfer-demo")
 
 
 def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: int, warmup_steps: int,
