@@ -79,3 +79,25 @@ def test_control_run_has_the_transfer_schedule_on_a_fresh_projector():
     assert warmup.model.init_from is None  # a fresh projector: nothing is transferred
     assert (train.optim.projector_lr, train.optim.schedule, train.train.max_steps) == (
         base.optim.projector_lr, base.optim.schedule, 3)
+
+
+def test_a_finished_run_keeps_its_final_weights_and_metrics_but_not_its_resumable_state(tmp_path):
+    from vregion.transfer.demo import _run
+
+    run = tmp_path / "transfer"
+    for stage in ("warmup", "train"):
+        (run / stage / "checkpoints" / "step-000010").mkdir(parents=True)
+        (run / stage / "final").mkdir()
+        (run / stage / "metrics.jsonl").write_text("{}\n")
+    (run / "train" / "summary.json").write_text("{}")  # the last stage finished: no subprocess is started
+    _run(["transfer", "demo-transfer", f"run.output_dir={run}"], run / "train" / "summary.json")
+    assert not list(run.rglob("checkpoints"))
+    assert all((run / stage / "final").is_dir() and (run / stage / "metrics.jsonl").exists()
+               for stage in ("warmup", "train"))
+
+    unfinished = tmp_path / "scratch"  # no summary: a failed run keeps its state, so --resume can continue it
+    (unfinished / "checkpoints").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="failed"):
+        _run(["train", str(tmp_path / "no-such-config.yaml"), f"run.output_dir={unfinished}"],
+             unfinished / "summary.json")
+    assert (unfinished / "checkpoints").is_dir()

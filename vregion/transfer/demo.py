@@ -19,6 +19,7 @@ markdown table, JSON, and a PNG of both curves.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -157,10 +158,16 @@ def control_stages(warmup_steps: int) -> list[dict]:
 
 
 def _run(args: list[str], done: Path) -> None:
-    """One `vregion` subprocess with `--resume`, skipped when its last stage's summary exists."""
+    """One `vregion` subprocess with `--resume`, skipped when its last stage's summary exists. Once it has
+    finished, its resumable DeepSpeed state is deleted: the report reads metrics only, the transfers read the
+    source's final/, and on the frozen Gemma3 that state is ~1 GB per stage (the demo would otherwise keep ~20 GB)."""
     from vregion.replicate.run import vregion
 
     vregion([*args, "--resume"], done, label=str(done.parent), tag="transfer-demo")
+    if done.exists():
+        run_dir = Path(next(a for a in args if a.startswith("run.output_dir=")).split("=", 1)[1])
+        for checkpoints in sorted(run_dir.rglob("checkpoints")):
+            shutil.rmtree(checkpoints)
 
 
 def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: int, warmup_steps: int,
