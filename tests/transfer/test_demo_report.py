@@ -90,7 +90,7 @@ def test_a_finished_run_keeps_its_final_weights_and_metrics_but_not_its_resumabl
         (run / stage / "final").mkdir()
         (run / stage / "metrics.jsonl").write_text("{}\n")
     (run / "train" / "summary.json").write_text("{}")  # the last stage finished: no subprocess is started
-    _run(["transfer", "demo-transfer", f"run.output_dir={run}"], run / "train" / "summary.json")
+    _run(run, ["transfer", "demo-transfer"], run / "train" / "summary.json")
     assert not list(run.rglob("checkpoints"))
     assert all((run / stage / "final").is_dir() and (run / stage / "metrics.jsonl").exists()
                for stage in ("warmup", "train"))
@@ -98,6 +98,5 @@ def test_a_finished_run_keeps_its_final_weights_and_metrics_but_not_its_resumabl
     unfinished = tmp_path / "scratch"  # no summary: a failed run keeps its state, so --resume can continue it
     (unfinished / "checkpoints").mkdir(parents=True)
     with pytest.raises(RuntimeError, match="failed"):
-        _run(["train", str(tmp_path / "no-such-config.yaml"), f"run.output_dir={unfinished}"],
-             unfinished / "summary.json")
+        _run(unfinished, ["train", str(tmp_path / "no-such-config.yaml")], unfinished / "summary.json")
     assert (unfinished / "checkpoints").is_dir()

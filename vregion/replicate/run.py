@@ -142,8 +142,14 @@ def train(config: Path, run_dir: Path, seed: int, overrides: list[str], label: s
     marks it done and only final/ is used later (at demo size that state is 1-3 GB per run, 40 runs)."""
     vregion(["train", str(config), f"run.output_dir={run_dir}", f"run.seed={seed}", *overrides, "--resume"],
             run_dir / "summary.json", label)
-    if (run_dir / "summary.json").exists() and (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir / "checkpoints")
+    if (run_dir / "summary.json").exists():
+        drop_resumable_state(run_dir)
+
+
+def drop_resumable_state(run_dir: Path) -> None:
+    """Delete the DeepSpeed checkpoints of a finished run (every stage's), keeping its metrics and final/ weights."""
+    for checkpoints in sorted(run_dir.rglob("checkpoints")):
+        shutil.rmtree(checkpoints)
 
 
 def evaluate(plan: Plan, run_dir: Path, seed: int, label: str) -> None:

@@ -19,7 +19,6 @@ markdown table, JSON, and a PNG of both curves.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -157,17 +156,15 @@ def control_stages(warmup_steps: int) -> list[dict]:
     return transfer_config(cfg, init_dir="unused").stages
 
 
-def _run(args: list[str], done: Path) -> None:
-    """One `vregion` subprocess with `--resume`, skipped when its last stage's summary exists. Once it has
-    finished, its resumable DeepSpeed state is deleted: the report reads metrics only, the transfers read the
-    source's final/, and on the frozen Gemma3 that state is ~1 GB per stage (the demo would otherwise keep ~20 GB)."""
-    from vregion.replicate.run import vregion
+def _run(run_dir: Path, args: list[str], done: Path) -> None:
+    """One `vregion` subprocess writing `run_dir`, with `--resume`, skipped when its last stage's summary exists.
+    Once it has finished, its resumable DeepSpeed state is deleted: the report reads metrics only, the transfers
+    read the source's final/, and on the frozen Gemma3 that state is ~1 GB per stage (~20 GB for the demo)."""
+    from vregion.replicate.run import drop_resumable_state, vregion
 
-    vregion([*args, "--resume"], done, label=str(done.parent), tag="transfer-demo")
+    vregion([*args, f"run.output_dir={run_dir}", "--resume"], done, label=str(done.parent), tag="transfer-demo")
     if done.exists():
-        run_dir = Path(next(a for a in args if a.startswith("run.output_dir=")).split("=", 1)[1])
-        for checkpoints in sorted(run_dir.rglob("checkpoints")):
-            shutil.rmtree(checkpoints)
+        drop_resumable_state(run_dir)
 
 
 def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: int, warmup_steps: int,
@@ -180,19 +177,18 @@ def run_demo(out: Path, source_steps: int, scratch_steps: int, transfer_steps: i
     out = out.resolve()
     source = out / "source"
     seeded = [f"run.seed={seed}"]
-    _run(["train", "demo", f"run.output_dir={source}", "stages=[]", "region.strategy=none", "optim.lr=1e-3",
-          f"train.max_steps={source_steps}", "eval.before_after=false", *seeded], source / "summary.json")
+    _run(source, ["train", "demo", "stages=[]", "region.strategy=none", "optim.lr=1e-3",
+                  f"train.max_steps={source_steps}", "eval.before_after=false", *seeded], source / "summary.json")
     common = [f"transfer.source={source / 'final'}", f"transfer.warmup_steps={warmup_steps}",
               f"train.max_steps={transfer_steps}", f"train.eval_every={transfer_eval_every}", *seeded]
-    _run(["train", TARGET_CONFIG, f"run.output_dir={out / SCRATCH}", f"train.max_steps={scratch_steps}",
-          f"train.eval_every={eval_every}", *seeded], out / SCRATCH / "summary.json")
-    _run(["transfer", TARGET_CONFIG, f"run.output_dir={out / TRANSFER}", *common],
-         out / TRANSFER / "train" / "summary.json")
-    _run(["transfer", TARGET_CONFIG, f"run.output_dir={out / ABLATION}", "transfer.use_converter=false", *common],
+    _run(out / SCRATCH, ["train", TARGET_CONFIG, f"train.max_steps={scratch_steps}", f"train.eval_every={eval_every}",
+                         *seeded], out / SCRATCH / "summary.json")
+    _run(out / TRANSFER, ["transfer", TARGET_CONFIG, *common], out / TRANSFER / "train" / "summary.json")
+    _run(out / ABLATION, ["transfer", TARGET_CONFIG, "transfer.use_converter=false", *common],
          out / ABLATION / "train" / "summary.json")
     control = f"stages={json.dumps(control_stages(warmup_steps))}"
-    _run(["train", TARGET_CONFIG, f"run.output_dir={out / CONTROL}", control, f"train.max_steps={transfer_steps}",
-          f"train.eval_every={transfer_eval_every}", *seeded], out / CONTROL / "train" / "summary.json")
+    _run(out / CONTROL, ["train", TARGET_CONFIG, control, f"train.max_steps={transfer_steps}",
+                         f"train.eval_every={transfer_eval_every}", *seeded], out / CONTROL / "train" / "summary.json")
 
     curves = {SCRATCH: read_curve([out / SCRATCH])}
     for name in (TRANSFER, ABLATION):
