@@ -174,3 +174,14 @@ def test_shard_specs_resolve_alike(tmp_path):
     assert resolve_shards([folder[0], str(tmp_path / "shard-00000[12].tar")]) == folder
     with pytest.raises(FileNotFoundError):
         resolve_shards(str(tmp_path / "shard-{000000..000003}.tar"))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_iterating_a_loader_leaves_the_global_torch_rng_alone(tmp_path, tok, make_loader, num_workers):
+    """A resumed run restores the global RNG and then starts a loader: if the loader drew from that RNG (the
+    DataLoader's worker base seed), every later dropout mask would differ from the uninterrupted run's."""
+    write_numbered(tmp_path, 8, 4)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    take(make_loader(tmp_path, num_workers=num_workers), 1)
+    assert torch.equal(torch.get_rng_state(), before)

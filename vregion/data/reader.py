@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .collate import collate
@@ -86,6 +87,9 @@ class ShardLoader:
             num_workers=self.num_workers,
             collate_fn=_identity,
             prefetch_factor=max(2, in_flight) if self.num_workers else None,
+            # DataLoader draws its workers' base seed from this generator; without one it would draw from
+            # the global torch RNG, shifting every dropout mask after a resume restored that RNG.
+            generator=torch.Generator().manual_seed(self.dataset.seed),
         )
         pending: list[dict] = []
         skipped: collections.Counter = collections.Counter()
