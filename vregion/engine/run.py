@@ -12,21 +12,28 @@ from vregion.engine.trainer import FINAL, StageTrainer
 
 
 def prepare_data(cfg: Config, run_dir: Path) -> Config:
-    """Generate the configured synthetic shards once (rank 0) and point the data section at them."""
+    """Generate the configured synthetic shards once (rank 0) and point the data section at them.
+
+    Shards the user set win: `data.train_shards` (or `data.eval_shards`) given beside `data.synthetic` is
+    used as given, and only the sets left unset are generated.
+    """
     syn = cfg.data.synthetic
-    if syn.num_train <= 0:
+    make_train = syn.num_train > 0 and cfg.data.train_shards is None
+    make_eval = syn.num_eval > 0 and cfg.data.eval_shards is None
+    if not (make_train or make_eval):
         return cfg
     from vregion.data import make_synthetic_shards
 
     train_dir, eval_dir = run_dir / "data" / "train", run_dir / "data" / "eval"
     if dist.is_main():
-        if not (train_dir / "index.json").exists():
+        if make_train and not (train_dir / "index.json").exists():
             make_synthetic_shards(train_dir, syn.num_train, syn.image_size, cfg.run.seed, syn.samples_per_shard)
-        if syn.num_eval > 0 and not (eval_dir / "index.json").exists():
+        if make_eval and not (eval_dir / "index.json").exists():
             make_synthetic_shards(eval_dir, syn.num_eval, syn.image_size, cfg.run.seed + 1, syn.samples_per_shard)
     dist.barrier()
-    cfg.data.train_shards = str(train_dir)
-    if syn.num_eval > 0:
+    if make_train:
+        cfg.data.train_shards = str(train_dir)
+    if make_eval:
         cfg.data.eval_shards = str(eval_dir)
         cfg.eval.vqa_shards = cfg.eval.vqa_shards or str(eval_dir)  # colour questions: short answers
     return cfg
