@@ -208,6 +208,7 @@ class StageTrainer:
             stage = self._stage(step)
             if self.schedule is not None:
                 apply_stage(self.engine.module, stage, impl=self.cfg.compress.impl)
+            lrs = self.scheduler.get_last_lr()  # the rates this step uses (stepping moves them to the next's)
             t0 = time.perf_counter()
             loss_sum = tokens = samples = 0.0
             micro = 0
@@ -233,7 +234,7 @@ class StageTrainer:
             trained_tokens += tokens
             trained_samples += samples
             if step % self.cfg.train.log_every == 0 or step == self.total_steps:
-                record = self._record(step, loss, elapsed, tokens, samples, skipped)
+                record = self._record(step, loss, lrs, elapsed, tokens, samples, skipped)
                 if self.schedule is not None:
                     record.update(compress_stage=stage.index, compress_layer=stage.layer if stage.compressed else -1,
                                   compress_stride=stage.stride or 1)
@@ -282,8 +283,8 @@ class StageTrainer:
         self.engine.step()
         return loss.item()
 
-    def _record(self, step: int, loss: float, elapsed: float, tokens: float, samples: float, skipped: Counter) -> dict:
-        lrs = self.scheduler.get_last_lr()
+    def _record(self, step: int, loss: float, lrs: list[float], elapsed: float, tokens: float, samples: float,
+                skipped: Counter) -> dict:
         record = {
             "step": step,
             "loss": loss,
