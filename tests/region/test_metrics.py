@@ -125,6 +125,32 @@ def test_parameter_change():
     assert change[1] == {"param_l2": 0.0, "param_angular": 0.0, "param_relative": 0.0}
 
 
+def test_parameter_change_reads_only_the_llms_decoder_layers_of_a_clip_tower_model():
+    """CLIP's `vision.model.encoder.layers.<i>.self_attn.q_proj` has the LLM's name tail: it must not count (it
+    crashed against an HF LLM base, and silently replaced the LLM's weights between two vregion state dicts)."""
+    model, _ = tiny_vlm(depth=3)
+    # Sorted by name, as safetensors files give them: `vision.` comes after `llm.`.
+    base = {k: v.clone() for k, v in sorted(model.state_dict().items())}
+    g = torch.Generator().manual_seed(0)
+    trained = {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in base.items()}
+    assert any(k.startswith("vision.") and k.endswith("self_attn.q_proj.weight") for k in trained)
+
+    def by_hand(layer: int) -> float:
+        return sum(float(torch.linalg.vector_norm((trained[f"llm.model.layers.{layer}.{lin}.weight"]
+                                                   - base[f"llm.model.layers.{layer}.{lin}.weight"]).double()))
+                   for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+
+    hf_base = {k.removeprefix("llm."): v for k, v in base.items() if k.startswith("llm.")}  # the LLM's own names
+    llava_base = {"model.language_model." + k.removeprefix("llm.model."): v for k, v in base.items()
+                  if k.startswith("llm.model.")}  # an HF LLaVA folder's names
+    for reference in (base, hf_base, llava_base):
+        change = parameter_change(trained, reference)
+        assert sorted(change) == [0, 1, 2]
+        for layer in range(3):
+            assert change[layer]["param_l2"] == pytest.approx(by_hand(layer), rel=1e-9)
+
+
 def test_rank_layers():
     scores = [0.1, 0.9, 0.8, 0.2, 0.7, None]
     assert rank_layers(scores, 2) == [1, 5]  # None counts as most important

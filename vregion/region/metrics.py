@@ -9,7 +9,6 @@ Any depth and any token split: visual tokens come from the batch's `image_spans`
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Optional
 
@@ -17,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from vregion.eval.loss import to_model
+from vregion.region.names import decoder_linear_of
 
 PARAM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_LINEAR_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.weight$")
 
 
 @dataclass
@@ -160,15 +159,16 @@ def layer_metrics(model, batches: Iterable[dict], max_samples: int = 256, block:
 def parameter_change(trained: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> dict[int, dict]:
     """{layer: {param_l2, param_angular, param_relative}} summed over the 7 linears of each decoder layer.
 
-    Weights are matched by (layer, linear) from names like `...layers.<i>.self_attn.q_proj.weight`, so a
-    vregion checkpoint can be compared with another one or with the LLM's own HF state dict.
+    Weights are matched by (layer, linear) of the LLM's decoder layers only (`names.decoder_linear_of`), so a
+    vregion checkpoint can be compared with another one, with the LLM's own HF state dict or with an HF LLaVA
+    folder; a vision tower's encoder layers, which share the `layers.<i>.self_attn.q_proj` tail, never count.
     """
     def linears(state_dict: Mapping[str, torch.Tensor]) -> dict[tuple[int, str], torch.Tensor]:
         found = {}
         for name, w in state_dict.items():
-            m = _LINEAR_KEY.search(name)
-            if m is not None and m.group(2) in PARAM_LINEARS:
-                found[(int(m.group(1)), m.group(2))] = w
+            key = decoder_linear_of(name)
+            if key is not None and key[1] in PARAM_LINEARS:
+                found[key] = w
         return found
 
     new_w, old_w = linears(trained), linears(base)

@@ -16,6 +16,14 @@ COMPONENTS = ("vision", "projector", "layers", "embeddings", "norm", "lm_head", 
 # Prefixes added by wrappers (DeepSpeed engine, torch.compile, a PeftModel) that are not part of the name.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")
 _LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.")
+# A decoder layer's linear weight in the LLM's state dict as vregion (`llm.model.layers`), a Hugging Face causal
+# LM (`model.layers`) or a Hugging Face LLaVA (`model.language_model.layers`, older `language_model.model.layers`)
+# names it. Anchored at the start: a vision tower's `vision.model.encoder.layers.<i>.self_attn.q_proj` has the
+# same tail and must never match.
+_DECODER_LINEAR = re.compile(
+    r"^(?:llm\.model|model|model\.language_model|language_model\.model)\.layers\.(\d+)\."
+    r"(?:self_attn|mlp)\.(\w+_proj)\.weight$"
+)
 
 
 def strip_wrappers(name: str) -> str:
@@ -55,6 +63,14 @@ def layer_index_of(name: str) -> Optional[int]:
     """Decoder-layer index of a parameter name, or None outside `llm.model.layers`."""
     m = _LAYER.match(strip_wrappers(name))
     return int(m.group(1)) if m else None
+
+
+def decoder_linear_of(name: str) -> Optional[tuple[int, str]]:
+    """(layer index, linear name) of an LLM decoder layer's linear weight in a vregion, HF causal-LM or HF LLaVA
+    state dict (`llm.model.layers.3.mlp.up_proj.weight` -> (3, "up_proj")); None for every other weight,
+    the vision tower's encoder layers included."""
+    m = _DECODER_LINEAR.match(strip_wrappers(name))
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def is_lora_param(name: str) -> bool:
