@@ -62,9 +62,34 @@ def test_palette_transparency_and_16_bit_grey():
     image.info["transparency"] = 1
     pixels = ImageProcessor(4, MEAN, STD)(encode(image))
     torch.testing.assert_close(pixels[:, 0, 0], expected((255, 255, 255)), atol=1e-5, rtol=0)
-    grey = Image.fromarray(np.full((4, 4), 1000, dtype=np.uint16))  # mode I;16
-    pixels = ImageProcessor(4, MEAN, STD)(encode(grey))
-    torch.testing.assert_close(pixels[:, 0, 0], expected((255, 255, 255)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("value,grey", [(0, 0), (1000, 4), (32896, 128), (65535, 255)])
+def test_16_bit_grey_is_scaled_by_its_bit_depth_not_by_its_own_maximum(value, grey):
+    """A uniformly dark 16-bit image stays dark (scaling by the image's maximum made every flat image white)."""
+    image = Image.fromarray(np.full((4, 4), value, dtype=np.uint16))  # PIL: mode I;16
+    pixels = ImageProcessor(4, MEAN, STD)(encode(image))
+    torch.testing.assert_close(pixels[:, 0, 0], expected((grey, grey, grey)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied_like_transformers_load_image(tmp_path, orientation):
+    """A phone photo stored sideways with an EXIF Orientation tag is seen upright, as transformers'
+    `load_image` (how exported models are usually served) sees it."""
+    from transformers.image_utils import load_image
+
+    array = np.zeros((8, 16, 3), dtype=np.uint8)  # stored 16 wide, 8 high
+    array[:, :8] = (255, 0, 0)  # left half red, right half blue
+    array[:, 8:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path, exif=exif)
+    upright = load_image(str(path))
+    assert upright.size == ((8, 16) if orientation in (6, 8) else (16, 8))  # really rotated
+    processor = ImageProcessor(16, (0, 0, 0), (1, 1, 1))
+    torch.testing.assert_close(processor(path.read_bytes()), processor(upright), atol=1e-6, rtol=0)
+    assert not torch.allclose(processor(path.read_bytes()), processor(Image.fromarray(array)), atol=0.1)
 
 
 @pytest.mark.parametrize("data", [b"", b"not an image at all", png_bytes(size=16)[:60]])

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 # CLIP's statistics; SigLIP and others pass their own.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -38,18 +38,21 @@ class ImageProcessor:
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """PIL image from encoded bytes, fully loaded so truncated files fail here and not later."""
+    """PIL image from encoded bytes, fully loaded so truncated files fail here and not later, turned upright by
+    its EXIF orientation (a phone photo tagged Orientation=6 is stored sideways; transformers' `load_image`,
+    which serves exported models, rotates it too)."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # PIL decodes lazily; force it so corrupt data raises now
+        return ImageOps.exif_transpose(image)
     except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise ImageDecodeError(f"cannot decode image ({len(data)} bytes): {e}") from e
-    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB view of any PIL mode: transparency is composited on white (a plain convert would keep whatever
-    colour the transparent pixels happen to hold, often black), 16/32-bit grayscale is rescaled to 8 bits."""
+    colour the transparent pixels happen to hold, often black), 16-bit grayscale is scaled by its bit depth
+    (65535 -> 255, so a dark 16-bit image stays dark), float images are read as [0, 1]."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -58,7 +61,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, image).convert("RGB")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(image, dtype=np.float32)
-        peak = float(values.max()) if values.size else 0.0
-        scaled = values * (255.0 / peak) if peak > 0 else values
+        # PIL opens 16-bit PNG/TIFF grayscale as I;16* or as 32-bit "I" holding 16-bit values; "F" is float.
+        full_scale = 1.0 if image.mode == "F" else 65535.0
+        scaled = np.round(values * (255.0 / full_scale))
         image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
     return image if image.mode == "RGB" else image.convert("RGB")
