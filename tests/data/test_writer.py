@@ -85,3 +85,23 @@ def test_pack_llava_json(tmp_path):
     assert sorted(members) == ["one.img0.jpg", "one.json", "three.json", "two.img0.jpg", "two.img1.png", "two.json"]
     assert members["two.img1.png"] == png and members["one.img0.jpg"] == jpg
     assert json.loads(members["three.json"])["num_images"] == 0
+
+
+def test_pack_rejects_samples_whose_image_tags_do_not_match_their_images(tmp_path):
+    """Training would skip such a sample every epoch (image_count_mismatch): reject it once, at pack time,
+    counted and named."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg_bytes())
+    entries = [
+        {"id": "ok", "image": "a.jpg", "conversations": qa("<image>\nq", "x")},
+        {"id": "no-tag", "image": "a.jpg", "conversations": qa("q", "x")},
+        {"id": "two-tags", "image": "a.jpg", "conversations": qa("<image>\n<image> q", "x")},
+        {"id": "tag-no-image", "conversations": qa("<image>\nq", "x")},
+        {"id": "text", "conversations": qa("q", "x")},
+    ]
+    (tmp_path / "llava.json").write_text(json.dumps(entries))
+    summary = pack_llava_json(tmp_path / "llava.json", images, tmp_path / "shards")
+    assert summary["written"] == 2 and summary["skipped_image_mismatch"] == 3
+    assert summary["mismatch_examples"] == ["no-tag", "two-tags", "tag-no-image"]
+    assert sorted(read_tar(tmp_path / "shards/shard-000000.tar")) == ["ok.img0.jpg", "ok.json", "text.json"]

@@ -11,6 +11,8 @@ from typing import Iterable, Iterator
 import webdataset as wds
 from tqdm import tqdm
 
+from .templates import IMAGE_TAG
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
@@ -101,17 +103,20 @@ def pack_llava_json(
 ) -> dict:
     """Convert a LLaVA-format JSON list ({"id", "image": path | [paths] | absent, "conversations"}) to shards.
 
-    Samples whose image files are missing (or whose entry is unusable) are skipped and counted, never fatal.
+    Samples whose image files are missing, whose `<image>` tags do not match their images in number (training
+    would skip them every epoch), or whose entry is unusable are skipped and counted, never fatal.
 
     Returns:
         {"entries": read, "written": N, "missing_images": files not found, "skipped_missing": samples
-        skipped for them, "skipped_malformed": entries without a usable id/conversations,
-        "missing_examples": first few missing paths, "shards": [...], "out_dir": str}.
+        skipped for them, "skipped_image_mismatch": samples whose tag count is not their image count,
+        "skipped_malformed": entries without a usable id/conversations, "missing_examples": first few
+        missing paths, "mismatch_examples": first few such sample ids, "shards": [...], "out_dir": str}.
     """
     entries = json.loads(Path(json_path).read_text())
     if not isinstance(entries, list):
         raise ValueError(f"{json_path}: expected a JSON list of samples")
-    stats = {"missing_images": 0, "skipped_missing": 0, "skipped_malformed": 0, "missing_examples": []}
+    stats = {"missing_images": 0, "skipped_missing": 0, "skipped_image_mismatch": 0, "skipped_malformed": 0,
+             "missing_examples": [], "mismatch_examples": []}
     samples = _llava_samples(entries, Path(image_folder), stats)
     index = write_shards(samples, out_dir, samples_per_shard, total=len(entries))
     summary = {"entries": len(entries), "written": index["total"], **stats, "shards": index["shards"]}
@@ -121,6 +126,9 @@ def pack_llava_json(
             "pack_llava_json: %d image files missing, %d samples skipped (e.g. %s)",
             stats["missing_images"], stats["skipped_missing"], stats["missing_examples"][:3],
         )
+    if stats["skipped_image_mismatch"]:
+        log.warning("pack_llava_json: %d samples skipped: their %s tags do not match their images (e.g. ids %s)",
+                    stats["skipped_image_mismatch"], IMAGE_TAG, stats["mismatch_examples"][:3])
     return summary
 
 
@@ -131,6 +139,13 @@ def _llava_samples(entries: list, image_folder: Path, stats: dict) -> Iterator[d
             continue
         paths = entry.get("image") or []
         paths = [paths] if isinstance(paths, str) else list(paths)
+        tags = sum(t["value"].count(IMAGE_TAG) for t in entry["conversations"]
+                   if isinstance(t, dict) and isinstance(t.get("value"), str))
+        if tags != len(paths):
+            stats["skipped_image_mismatch"] += 1
+            if len(stats["mismatch_examples"]) < 10:
+                stats["mismatch_examples"].append(str(entry.get("id", i)))
+            continue
         missing = [p for p in paths if not (image_folder / p).is_file()]
         if missing:
             stats["missing_images"] += len(missing)
