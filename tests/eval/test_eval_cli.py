@@ -125,6 +125,34 @@ def test_text_perplexity_is_the_token_weighted_loss_of_each_passage(setup):
     assert math.isfinite(text["perplexity"]) and text["perplexity"] == pytest.approx(math.exp(text["loss"]))
 
 
+def test_text_on_shards_scores_only_their_text_only_samples(setup, capsys):
+    """`--text` measures language ability: image samples in its shards are left out (and counted), and shards
+    with no text-only sample are refused before the model loads (they used to give --loss's number)."""
+    import io
+
+    from PIL import Image
+
+    from vregion.data import write_shards
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="PNG")
+    talk = [{"id": f"t{i}", "images": [], "conversations": [
+        {"from": "human", "value": f"Say {p}"}, {"from": "gpt", "value": p}]} for i, p in enumerate(PASSAGES[2:5])]
+    seen = [{"id": f"i{i}", "images": [buf.getvalue()], "conversations": [
+        {"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]} for i in range(2)]
+    write_shards([seen[0], talk[0], talk[1], seen[1], talk[2]], setup / "mixed", samples_per_shard=8)
+    write_shards(talk, setup / "talk", samples_per_shard=8)
+    mixed = evaluate_checkpoint(setup / "ckpt", EvalOptions(text=str(setup / "mixed"), batch_size=2))["text"]
+    only = evaluate_checkpoint(setup / "ckpt", EvalOptions(text=str(setup / "talk"), batch_size=2))["text"]
+    assert mixed["samples"] == only["samples"] == 3 and mixed["tokens"] == only["tokens"]
+    assert mixed["loss"] == pytest.approx(only["loss"], rel=1e-6)
+    assert mixed["skipped_image_samples"] == 2 and only["skipped_image_samples"] == 0
+
+    write_shards(seen, setup / "seen", samples_per_shard=8)
+    assert main(["eval", str(setup / "ckpt"), "--text", str(setup / "seen")]) == 2
+    assert "none of its first 2 samples is text-only" in capsys.readouterr().err
+
+
 def test_compression_at_inference_pools_visual_tokens(setup):
     opts = dict(vqa=str(setup / "vqa"), max_samples=8, batch_size=4, max_new_tokens=3)
     plain = evaluate_checkpoint(setup / "ckpt", EvalOptions(**opts))

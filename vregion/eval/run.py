@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 from tqdm import tqdm
 
-from vregion.config import CompressConfig, EvalConfig, from_dict
+from vregion.config import CompressConfig, ConfigError, EvalConfig, from_dict
 from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
 from vregion.data.decode import SampleDecoder
 from vregion.data.stream import rank_stream
@@ -50,15 +50,36 @@ class EvalOptions:
     dtype: str = "fp32"
 
 
+def _num_images(raw: dict) -> int:
+    """Images a raw tar sample declares (0 when its json cannot be read: decoding will skip it anyway)."""
+    try:
+        return int(json.loads(raw["json"]).get("num_images", 0))
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _positions(shards: str) -> Iterator[dict]:
+    """The unshuffled positions of a shard set, in order: what every rank's share is taken from."""
+    return rank_stream(resolve_shards(shards), seed=0, rank=0, world_size=1, shuffle_buffer=0, infinite=False)
+
+
+def count_image_samples(shards: str, max_samples: int) -> tuple[int, int]:
+    """(samples with images, positions read) among the first `max_samples` positions; reads no image."""
+    positions = list(itertools.islice(_positions(shards), max_samples))
+    return sum(_num_images(raw) > 0 for raw in positions), len(positions)
+
+
 def shard_batches(shards: str, decoder: SampleDecoder, image_size: int, pad_id: int, batch_size: int,
-                  max_samples: int, rank: int, world_size: int) -> Iterator[dict]:
+                  max_samples: int, rank: int, world_size: int, text_only: bool = False) -> Iterator[dict]:
     """This rank's share (positions rank, rank + R, ...) of the first `max_samples` positions, in order, batched.
 
-    Positions that fail to decode (bad image, no supervised token left) are skipped, as in training.
+    Positions that fail to decode (bad image, no supervised token left) are skipped, as in training; with
+    `text_only`, so are samples with images (text perplexity must not see them).
     """
-    stream = rank_stream(resolve_shards(shards), seed=0, rank=0, world_size=1, shuffle_buffer=0, infinite=False)
     pending: list[dict] = []
-    for raw in itertools.islice(stream, rank, max_samples, world_size):
+    for raw in itertools.islice(_positions(shards), rank, max_samples, world_size):
+        if text_only and _num_images(raw) > 0:
+            continue
         sample = decoder(raw)
         if "skip" in sample:
             continue
@@ -126,6 +147,14 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
     """
     if opts.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {opts.dtype!r}; valid: {', '.join(DTYPES)}")
+    text_skipped = 0
+    if opts.text and not is_text_file(opts.text):  # checked before the model loads
+        text_skipped, read = count_image_samples(opts.text, opts.max_samples)
+        if text_skipped == read:
+            raise ConfigError(  # exit 2, like any bad argument
+                f"--text {opts.text}: none of its first {read} samples is text-only ({text_skipped} have images); "
+                "--text measures language ability without images: give a passage file or text-only shards "
+                "(score image conversations with --loss)")
     model, tokenizer, config, stage = load_for_eval(checkpoint, opts.compress, DTYPES[opts.dtype])
     template = (config.get("model") or {}).get("template", "vicuna-v1")
     max_length = int((config.get("data") or {}).get("max_length", 2048))
@@ -135,11 +164,11 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
     decoder = SampleDecoder(tokenizer, template, ImageProcessor(vision.image_size, vision.image_mean, vision.image_std),
                             vision.num_tokens, tokenizer.pad_token_id, max_length)
 
-    def batches(shards: str) -> Iterator[dict]:
+    def batches(shards: str, text_only: bool = False) -> Iterator[dict]:
         total = count_samples(shards)
         share = _share(None if total is None else min(total, opts.max_samples), rank, world)
         parts = shard_batches(shards, decoder, vision.image_size, tokenizer.pad_token_id, opts.batch_size,
-                              opts.max_samples, rank, world)
+                              opts.max_samples, rank, world, text_only=text_only)
         return _progress(parts, Path(shards).name, share)
 
     # evaluate_model's own sample cap must not cut a rank's share short: the share already holds <= max_samples.
@@ -154,11 +183,14 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
             parts = text_batches(passages, tokenizer, max_length, opts.batch_size, vision.image_size)
             text = _progress(parts, Path(opts.text).name, len(passages))
         else:
-            text = batches(opts.text)
+            text = batches(opts.text, text_only=True)
         results["text"] = mean_loss(model, text, opts.max_samples)
     compression = None if stage.layer is None else {"layer": stage.layer, "stride": stage.stride}
+    merged = reduce_results(results)
+    if "text" in merged:
+        merged["text"]["skipped_image_samples"] = text_skipped
     return {"checkpoint": str(checkpoint), "compression": compression, "world_size": world,
-            "max_samples": opts.max_samples, **reduce_results(results)}
+            "max_samples": opts.max_samples, **merged}
 
 
 def run_eval(checkpoint: str | Path, opts: EvalOptions, out: str | Path | None = None) -> dict:
