@@ -174,10 +174,12 @@ def _export(args: argparse.Namespace) -> int:
     from vregion.models.hf_export import ExportError, export_checkpoint
 
     try:
-        result = export_checkpoint(args.checkpoint, args.out, args.format)
+        result = export_checkpoint(args.checkpoint, args.out, args.format, args.allow_uncompressed)
     except (ExportError, FileNotFoundError) as e:
         print(f"vregion: export: {e}", file=sys.stderr)
         return 2
+    if result.get("warning"):
+        print(f"vregion: export: warning: {result['warning']}", file=sys.stderr)
     if result["format"] == "vregion":
         print(f"kept the vregion format ({result['reason']}); wrote {result['path']}")
     else:
@@ -334,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="auto", choices=("auto", "hf"),
                         help="hf: LlavaForConditionalGeneration or an error; auto: hf when possible, else a copy in "
                              "the vregion format (loaded with vregion.models.load_checkpoint)")
+    export.add_argument("--allow-uncompressed", action="store_true",
+                        help="export to hf a checkpoint that pools visual tokens inside the LLM at inference "
+                             "(compress.inference); LLaVA cannot pool, so the exported model runs uncompressed "
+                             "(recorded in vregion_export.json). Without it such a checkpoint is refused")
     export.set_defaults(func=_export)
 
     convert = sub.add_parser("convert", help="DeepSpeed checkpoint (any ZeRO stage) -> vregion model checkpoint")

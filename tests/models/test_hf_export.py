@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration
+from tokenizers import processors
+from transformers import AutoProcessor, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from tests.models.tiny import tiny_model_config
 from vregion.cli import main
+from vregion.compress import scale_layer
 from vregion.config import VisionConfig, to_dict
-from vregion.data import ImageProcessor
+from vregion.data import IGNORE_INDEX, TEMPLATES, ImageProcessor, tokenize_conversation
 from vregion.data.synthetic import draw_shape
+from vregion.data.tokenizer import build_byte_tokenizer
 from vregion.models import build_vlm, load_checkpoint, save_checkpoint
 from vregion.models.backbones import TINY_VIT_DEFAULTS
-from vregion.models.hf_export import ExportError, export_checkpoint
+from vregion.models.hf_export import RECORD_FILE, ExportError, chat_template, export_checkpoint
 
 PAD_RIGHT = 5  # row 1 of the batch is right-padded by this many tokens
 START = 3  # the image span starts here in every row
 
 
-def make_checkpoint(tmp_path, cfg):
+def make_checkpoint(tmp_path, cfg, compress=None):
     model, tokenizer = build_vlm(cfg)
-    path = save_checkpoint(model, {"model": to_dict(cfg)}, tokenizer, tmp_path / "ckpt")
+    config = {"model": to_dict(cfg)} | ({"compress": compress} if compress else {})
+    path = save_checkpoint(model, config, tokenizer, tmp_path / "ckpt")
     return model.eval(), tokenizer, path
 
 
@@ -183,3 +189,103 @@ def test_auto_keeps_the_vregion_format_for_other_backbones(tmp_path, capsys):
     loaded, _, _ = load_checkpoint(tmp_path / "out")
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("compress,stride", [
+    ({"schedule": "last-stage-compression"}, 4),  # the preset keeps 16/4 at inference
+    ({"schedule": None, "inference": "8/2"}, 2),  # an explicit inference setting
+])
+def test_inference_compression_is_refused_unless_allowed_and_recorded(tmp_path, capsys, compress, stride):
+    cfg = tiny_model_config("llama")
+    cfg.llm.tiny["num_hidden_layers"] = 4  # K scales 16 -> 2 and 8 -> 1
+    model, tokenizer, ckpt = make_checkpoint(tmp_path, cfg, compress)
+    layer = scale_layer(16 if stride == 4 else 8, model.runner.num_layers)
+    assert main(["export", str(ckpt), str(tmp_path / "hf"), "--format", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert f"layer K={layer}, stride S={stride}" in err and "cannot pool inside the LLM" in err
+    assert "--allow-uncompressed" in err and not (tmp_path / "hf").exists()
+    with pytest.raises(ExportError, match=f"K={layer}, stride S={stride}"):
+        export_checkpoint(ckpt, tmp_path / "auto")  # auto refuses too rather than drop the pooling
+    assert main(["export", str(ckpt), str(tmp_path / "hf"), "--allow-uncompressed"]) == 0
+    assert "runs uncompressed" in capsys.readouterr().err
+    record = json.loads((tmp_path / "hf" / RECORD_FILE).read_text())
+    assert record["inference_compression"] == {"layer": layer, "stride": stride} and record["runs_uncompressed"]
+    assert "uncompressed" in record["note"]
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    assert_same_logits(model, tokenizer, hf)  # the same model as vregion's without pooling
+
+
+def test_uncompressed_schedule_exports_without_the_flag(tmp_path):
+    _, _, ckpt = make_checkpoint(tmp_path, tiny_model_config("llama"), {"schedule": "two"})  # inference: none
+    result = export_checkpoint(ckpt, tmp_path / "hf", "hf")
+    assert result["format"] == "hf" and result["warning"] is None
+    record = json.loads((tmp_path / "hf" / RECORD_FILE).read_text())
+    assert record["inference_compression"] is None and not record["runs_uncompressed"]
+
+
+# Every vregion chat template, on the tiny LLM family it belongs to.
+TEMPLATE_LLMS = {"vicuna-v1": "llama", "llama-3": "llama", "chatml": "qwen2", "gemma": "gemma3"}
+
+
+def training_ids(conversations, tokenizer, template, n, image_token_id, prompt_only):
+    """The ids vregion trains on: the whole conversation, or up to the start of its last answer."""
+    sample = tokenize_conversation(conversations, tokenizer, template, n, 4096, image_token_id)
+    if not prompt_only:
+        return sample.input_ids
+    start = max(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)
+    while sample.labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return sample.input_ids[:start]
+
+
+def test_every_template_is_exported():
+    assert set(TEMPLATE_LLMS) == set(TEMPLATES)
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATE_LLMS))
+def test_chat_template_gives_the_training_prompt(tmp_path, template):
+    cfg = tiny_model_config(TEMPLATE_LLMS[template], template=template)
+    cfg.llm.tiny["final_logit_softcapping"] = None  # Gemma 3 exports only uncapped
+    model, tokenizer, ckpt = make_checkpoint(tmp_path, cfg)
+    export_checkpoint(ckpt, tmp_path / "hf", "hf")
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template == processor.chat_template
+    image_id, n = processor.image_token_id, model.num_visual_tokens
+    image = Image.open(io.BytesIO(draw_shape("circle", (220, 30, 30), 40, random.Random(0))))
+    question = [{"type": "image"}, {"type": "text", "text": "What colour is this?"}]
+    cases = [  # (HF messages, vregion conversation), each with its last answer
+        ([{"role": "user", "content": question}, {"role": "assistant", "content": "Red."}],
+         [{"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": "Red."}]),
+        ([{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": question},
+          {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+          {"role": "user", "content": "And its shape?"}, {"role": "assistant", "content": "Round."}],
+         [{"from": "system", "value": "Answer in one word."},
+          {"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": "Red."},
+          {"from": "human", "value": "And its shape?"}, {"from": "gpt", "value": "Round."}]),
+    ]
+    for messages, conversation in cases:
+        for prompt_only in (True, False):
+            chat = messages[:-1] if prompt_only else messages
+            text = processor.apply_chat_template(chat, add_generation_prompt=prompt_only, tokenize=False)
+            got = processor(text=text, images=image)["input_ids"][0]
+            got = got.tolist() if hasattr(got, "tolist") else list(got)
+            expected = training_ids(conversation, tokenizer, template, n, image_id, prompt_only)
+            assert got == expected, (template, text)
+            assert got.count(image_id) == n
+
+
+def test_chat_template_leaves_bos_to_a_tokenizer_that_adds_it():
+    plain, adding = build_byte_tokenizer(), build_byte_tokenizer()
+    bos = plain.convert_tokens_to_ids("<s>")
+    adding.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                                            special_tokens=[("<s>", bos)])
+
+    def prompt(tokenizer):
+        return render_jinja_template([[{"role": "user", "content": "Hi"}]], add_generation_prompt=True,
+                                     chat_template=chat_template(tokenizer, "vicuna-v1"))[0][0]
+
+    assert prompt(plain).startswith("<s>") and not prompt(adding).startswith("<s>")
+    expected = training_ids([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}], plain,
+                            "vicuna-v1", 0, 0, prompt_only=True)
+    assert expected.count(bos) == 1
+    assert adding(prompt(adding))["input_ids"] == expected == plain(prompt(plain))["input_ids"]

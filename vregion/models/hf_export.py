@@ -12,12 +12,17 @@ The mapping, and why it is exact:
 - LLM: the decoder and head as they are. The `<image>` token is added to the tokenizer; when it falls outside
   the vocabulary, embeddings and head grow to the next multiple of 64 with mean rows (a mean head row's
   logit is the mean of the real logits, so greedy decoding never picks a padding token).
+- Prompt: the tokenizer and processor get a Jinja chat template built from the checkpoint's vregion template, so
+  `processor.apply_chat_template(...)` gives the training prompt's ids (BOS and system text included).
+- Visual-token compression (LLaVolta pooling inside the LLM) has no LLaVA counterpart: a checkpoint that pools
+  at inference is refused unless `allow_uncompressed`, which writes the setting to `vregion_export.json`.
 Other backbones (e.g. efficientnet-lite0) have no LLaVA counterpart: `format="auto"` keeps the vregion format.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,9 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AddedToken, LlavaConfig, LlavaForConditionalGeneration
 
+from vregion.config import CompressConfig, ModelConfig, from_dict
+from vregion.data.jinja_template import build_jinja_template
+from vregion.data.templates import get_template
 from vregion.models.backbones import HFViTBackbone
 from vregion.models.checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
 from vregion.models.projectors import LinearProjector, MLPProjector
@@ -47,6 +55,7 @@ HF_LOADER = (
     "model = LlavaForConditionalGeneration.from_pretrained({path!r})\n"
     "processor = AutoProcessor.from_pretrained({path!r})  # '<image>' in the text expands to the visual tokens"
 )
+RECORD_FILE = "vregion_export.json"  # what the export could not carry over, next to the HF files
 _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
@@ -123,8 +132,22 @@ def _text_state(llm: nn.Module, vocab: int) -> tuple[dict[str, torch.Tensor], di
     return decoder, head
 
 
+def _adds_bos(tokenizer, bos: str) -> bool:
+    """Whether encoding text (special tokens on, as the processor does) already starts it with `bos`."""
+    if not bos:
+        return False
+    ids, plain = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(ids) > len(plain) and ids[0] == tokenizer.convert_tokens_to_ids(bos)
+
+
+def chat_template(tokenizer, template: str) -> str:
+    """Jinja chat template rendering `template`'s training text; the BOS text is left to a tokenizer adding it."""
+    return build_jinja_template(template, with_bos=not _adds_bos(tokenizer, get_template(template).bos))
+
+
 def _processor(vision: HFViTBackbone, tokenizer, strategy: str, extra_tokens: int):
-    """LLaVA processor resizing like vregion's ImageProcessor (bicubic to a square, no crop, the tower's stats)."""
+    """LLaVA processor resizing like vregion's ImageProcessor (bicubic to a square, no crop, the tower's stats);
+    its chat template is the tokenizer's."""
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     images = CLIPImageProcessor(
@@ -133,7 +156,7 @@ def _processor(vision: HFViTBackbone, tokenizer, strategy: str, extra_tokens: in
     )
     return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision.model.config.patch_size,
                           vision_feature_select_strategy=strategy, image_token=IMAGE_TOKEN,
-                          num_additional_image_tokens=extra_tokens)
+                          num_additional_image_tokens=extra_tokens, chat_template=tokenizer.chat_template)
 
 
 def hf_support(vision_type: str, text_config: Any = None) -> str | None:
@@ -150,8 +173,9 @@ def hf_support(vision_type: str, text_config: Any = None) -> str | None:
     return None
 
 
-def export_hf(model: nn.Module, tokenizer: Any, vision_type: str, out: str | Path) -> Path:
-    """Write `model` (a VisionLanguageModel) as a LlavaForConditionalGeneration folder with tokenizer + processor."""
+def export_hf(model: nn.Module, tokenizer: Any, vision_type: str, out: str | Path, template: str = "vicuna-v1") -> Path:
+    """Write `model` (a VisionLanguageModel) as a LlavaForConditionalGeneration folder with tokenizer + processor,
+    both carrying the chat template `template` (the checkpoint's `model.template`) as Jinja."""
     reason = hf_support(vision_type, model.llm.config)
     if reason or not isinstance(model.vision, HFViTBackbone):
         raise ExportError(reason or f"vision backbone {type(model.vision).__name__} is not an HF ViT tower")
@@ -162,6 +186,7 @@ def export_hf(model: nn.Module, tokenizer: Any, vision_type: str, out: str | Pat
     vision, vision_config = vision_state(model.vision)
     tokenizer = copy.deepcopy(tokenizer)  # adding <image> must not change the caller's tokenizer
     image_token_id = _with_image_token(tokenizer)
+    tokenizer.chat_template = chat_template(tokenizer, template)
     text_config["vocab_size"] = max(text_config["vocab_size"], _round_up(image_token_id + 1, 64))
     decoder, head = _text_state(model.llm, text_config["vocab_size"])
     tied = bool(text_config.get("tie_word_embeddings", False))
@@ -196,14 +221,37 @@ def _vision_type(checkpoint: Path) -> str:
     return ((config.get("model") or {}).get("vision") or {}).get("type", "clip")
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "auto") -> dict:
+def inference_compression(config: dict, num_layers: int) -> dict | None:
+    """{"layer": K, "stride": S} the checkpoint pools visual tokens with at inference (K scaled to `num_layers`,
+    as evaluation and generation apply it), or None when it runs uncompressed."""
+    # Imported here: vregion.compress installs hooks on vregion.models, so it sits above this package.
+    from vregion.compress import build_schedule, eval_stage
+
+    ccfg = from_dict(CompressConfig, config.get("compress") or {}, "compress")
+    stage = eval_stage(ccfg, build_schedule(ccfg), num_layers)
+    return None if stage.layer is None else {"layer": stage.layer, "stride": stage.stride}
+
+
+def _compression_setting(config: dict, compression: dict) -> str:
+    """`compression` and the config fields that ask for it, for messages."""
+    ccfg = config.get("compress") or {}
+    return (f"layer K={compression['layer']}, stride S={compression['stride']} from compress.schedule="
+            f"{ccfg.get('schedule')}, compress.inference={ccfg.get('inference', 'auto')}")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "auto",
+                      allow_uncompressed: bool = False) -> dict:
     """Export a vregion checkpoint folder to `out`.
 
     Args:
         fmt: "hf" (LLaVA folder, or ExportError saying why not) or "auto" (HF when possible, else a copy of
             the vregion checkpoint, loaded with `vregion.models.load_checkpoint`).
+        allow_uncompressed: export to HF a checkpoint that pools visual tokens at inference; LLaVA cannot pool
+            inside the LLM, so the HF model runs uncompressed (said in "warning" and in `vregion_export.json`).
+            Without it such a checkpoint raises ExportError. The vregion format keeps the pooling either way.
     Returns:
-        {"format": "hf" | "vregion", "path", "load": a Python snippet that loads the result, "reason" (vregion only)}.
+        {"format": "hf" | "vregion", "path", "load": a Python snippet that loads the result, "reason" (vregion only),
+        "warning" (hf only: None, or what the export changed)}.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -215,12 +263,40 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "auto"
     vision_type = _vision_type(checkpoint)
     reason = hf_support(vision_type)
     if reason is None:
-        model, tokenizer, _ = load_checkpoint(checkpoint, stored_dtype(checkpoint))
+        model, tokenizer, config = load_checkpoint(checkpoint, stored_dtype(checkpoint))
         reason = hf_support(vision_type, model.llm.config)
         if reason is None:
-            export_hf(model, tokenizer, vision_type, out)
-            return {"format": "hf", "path": str(out), "load": HF_LOADER.format(path=str(out))}
+            return _export_hf_checkpoint(checkpoint, out, model, tokenizer, config, vision_type, allow_uncompressed)
     if fmt == "hf":
         raise ExportError(f"cannot export {checkpoint} to Hugging Face LLaVA: {reason}")
     shutil.copytree(checkpoint, out)
     return {"format": "vregion", "path": str(out), "load": VREGION_LOADER.format(path=str(out)), "reason": reason}
+
+
+def _export_hf_checkpoint(checkpoint: Path, out: Path, model: nn.Module, tokenizer: Any, config: dict,
+                          vision_type: str, allow_uncompressed: bool) -> dict:
+    """The HF branch of `export_checkpoint`: refuse or record inference-time compression, then `export_hf`."""
+    compression = inference_compression(config, model.runner.num_layers)
+    warning = None
+    if compression is not None:
+        setting = _compression_setting(config, compression)
+        if not allow_uncompressed:
+            raise ExportError(
+                f"{checkpoint} pools visual tokens inside the LLM at inference ({setting}); Hugging Face LLaVA "
+                "cannot pool inside the LLM, so the exported model would silently compute a different, "
+                "uncompressed model. Pass --allow-uncompressed (allow_uncompressed=True) to export it anyway, "
+                "or use the checkpoint in the vregion format, which keeps the pooling")
+        warning = (f"{checkpoint} pools visual tokens at inference ({setting}); the exported LLaVA model runs "
+                   f"uncompressed (recorded in {out / RECORD_FILE})")
+    template = from_dict(ModelConfig, config.get("model") or {}, "model").template
+    export_hf(model, tokenizer, vision_type, out, template)
+    record = {
+        "source": str(checkpoint), "chat_template": template, "inference_compression": compression,
+        "runs_uncompressed": compression is not None,
+        "note": None if compression is None else (
+            f"the source checkpoint pools visual tokens at layer {compression['layer']} with stride "
+            f"{compression['stride']} at inference; LlavaForConditionalGeneration cannot pool inside the LLM, "
+            "so this model runs uncompressed: its outputs differ from the source checkpoint's"),
+    }
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return {"format": "hf", "path": str(out), "load": HF_LOADER.format(path=str(out)), "warning": warning}
