@@ -132,26 +132,42 @@ def test_sweep_metric_time_and_text_verdicts_flip():
     v = verdicts(runs)
     assert v["More layers help up to 8"] == AGREES and v["Little gain beyond 8 layers"] == AGREES
     assert v["Uniform beats angular-ranked layers"] == AGREES
-    assert v["Region trains faster"] == AGREES  # 60% of full's time
+    assert v["Region trains faster"] == INCONCLUSIVE  # 60% of full's time, but one seed: no noise estimate
     assert v["Region keeps text ability"] == AGREES  # 10 -> 10.15: +1.5%, within the 2% "kept"
     runs["uniform-1"][0].accuracy, runs["uniform-15"][0].accuracy = 0.95, 0.99
     runs["uniform-8"][0] = result("uniform-8", 0, 0.40, layers=U8, ppl=14.0, train_s=140.0)
     v = verdicts(runs)
     assert v["More layers help up to 8"] == DISAGREES and v["Little gain beyond 8 layers"] == DISAGREES
     assert v["Uniform beats angular-ranked layers"] == DISAGREES
-    assert v["Region trains faster"] == DISAGREES
-    assert v["Region keeps text ability"] == DISAGREES  # 10 -> 14, one seed
+    assert v["Region trains faster"] == INCONCLUSIVE  # one seed
+    assert v["Region keeps text ability"] == INCONCLUSIVE  # 10 -> 14, but one seed: no noise estimate
+
+
+@pytest.mark.parametrize("times,expected", [((60.0, 62.0), AGREES), ((140.0, 138.0), DISAGREES),
+                                            ((99.0,), INCONCLUSIVE), ((98.0, 103.0), INCONCLUSIVE)])
+def test_time_verdict_needs_a_noise_estimate(times, expected):
+    """A 1% timing difference on one seed once read "disagrees": with no error bar the verdict is inconclusive."""
+    seeds = tuple(range(len(times)))
+    runs = baseline(seeds=seeds)
+    runs["uniform-8"] = {s: result("uniform-8", s, 0.79, train_s=t) for s, t in zip(seeds, times)}
+    assert verdicts(runs)["Region trains faster"] == expected
 
 
 def test_compression_verdict_needs_less_time_and_kept_accuracy():
-    runs = baseline()
-    runs["uniform-8"] = {0: result("uniform-8", 0, 0.78, train_s=80.0)}
-    runs["uniform-8+four-wider-then-deeper"] = {0: result("uniform-8+four-wider-then-deeper", 0, 0.78, train_s=60.0)}
-    claim = next(c for c in conclusions(rows_of(runs), runs, N, 8, "uniform-8") if c.topic.startswith("Compression"))
-    assert claim.verdict == AGREES and "training time −25.0%" in claim.text and "−15.7% time" in claim.text
-    runs["uniform-8+four-wider-then-deeper"][0].train_s = 100.0
-    claim = next(c for c in conclusions(rows_of(runs), runs, N, 8, "uniform-8") if c.topic.startswith("Compression"))
-    assert claim.verdict == DISAGREES and "training time +25.0%" in claim.text
+    name = "uniform-8+four-wider-then-deeper"
+    runs = baseline(seeds=(0, 1))
+    runs["uniform-8"] = {s: result("uniform-8", s, 0.78, train_s=80.0) for s in (0, 1)}
+    runs[name] = {0: result(name, 0, 0.78, train_s=60.0), 1: result(name, 1, 0.78, train_s=61.6)}
+
+    def claim():
+        return next(c for c in conclusions(rows_of(runs), runs, N, 8, "uniform-8") if c.topic.startswith("Compression"))
+
+    assert claim().verdict == AGREES and "training time −24.0%" in claim().text and "−15.7% time" in claim().text
+    runs[name][0].train_s, runs[name][1].train_s = 100.0, 101.6
+    assert claim().verdict == DISAGREES and "training time +26.0%" in claim().text
+    del runs[name][1], runs["uniform-8"][1]  # one seed: no noise estimate for the time
+    runs[name][0].train_s = 60.0
+    assert claim().verdict == INCONCLUSIVE
 
 
 def test_report_files_tables_and_plot(tmp_path):

@@ -44,8 +44,13 @@ class Diff:
     noise: float
     measured_noise: bool = True
 
+    def within_noise(self) -> bool:
+        """True when the difference cannot be told from noise, and always when there is no noise estimate (one
+        seed): a 1% timing difference on one run says nothing about its sign."""
+        return not self.measured_noise or abs(self.value) <= self.noise
+
     def verdict(self, expected_positive: bool) -> str:
-        if self.measured_noise and abs(self.value) <= self.noise:
+        if self.within_noise():
             return INCONCLUSIVE
         return AGREES if (self.value > 0) == expected_positive else DISAGREES
 
@@ -132,7 +137,8 @@ def sweep_claims(rows: dict[str, Row], region: Row, full: Row, num_layers: int) 
                             f"(paper: {_signed(theirs)}; {gain.noise_text()})."))
     if most.count > region.count:
         gain, theirs = step(region, most)
-        verdict = DISAGREES if gain.value > gain.noise else AGREES  # the claim: no real gain beyond the region
+        # the claim: no real gain beyond the region
+        verdict = DISAGREES if gain.value > gain.noise and not gain.within_noise() else AGREES
         claims.append(Claim(f"Little gain beyond {region.count} layers", verdict,
                             f"{region.count} -> {most.count} layers: {_signed(gain.value)} points of % of full "
                             f"(paper: {_signed(theirs)}; {gain.noise_text()})."))
@@ -227,7 +233,7 @@ def text_claim(region: Row, full: Row) -> Optional[Claim]:
     if rise.value <= KEPT_PPL_RISE_PCT:
         verdict = AGREES
     else:
-        verdict = INCONCLUSIVE if rise.measured_noise and rise.value <= rise.noise else DISAGREES
+        verdict = INCONCLUSIVE if rise.within_noise() else DISAGREES
 
     def change(row: Row) -> str:
         return f"{row.ppl_after.mean:.2f} ({_signed(100 * (row.ppl_after.mean / before - 1))}%)"
@@ -291,11 +297,10 @@ def compression_claims(rows: dict[str, Row], runs: dict[str, dict[int, RunResult
     for c in compression_stats(rows, runs, best):
         saved = paired_diff(Stat([100 - x for x in c.time_pct.values]), 0.0)
         acc = c.accuracy
-        faster = saved.value > (saved.noise if saved.measured_noise else 0.0)
         kept = acc.value >= -acc.noise
-        verdict = AGREES if faster and kept else DISAGREES
-        if saved.measured_noise and abs(saved.value) <= saved.noise and kept:
-            verdict = INCONCLUSIVE  # quality kept, but the time difference is within noise
+        verdict = AGREES if saved.value > 0 and kept else DISAGREES
+        if saved.within_noise() and kept:
+            verdict = INCONCLUSIVE  # quality kept, but the time difference is within noise (or unmeasured)
         published = paper.COMPRESS.get(c.schedule)
         ref = (f"paper: {_signed(-published[0])}% time, {_signed(published[1])} average points" if published else
                "no published figures for this preset")
