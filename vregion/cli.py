@@ -140,13 +140,19 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    import contextlib
     import json
 
-    from vregion.region.analyze import prune_checkpoint
+    if args.scores and not Path(args.scores).is_file():
+        raise ConfigError(f"--scores: no such file {args.scores}")
+    # stdout carries only the JSON report: library prints and logs (DeepSpeed's accelerator warning) go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        from vregion.region.analyze import prune_checkpoint
 
-    table = json.loads(Path(args.scores).read_text())["layers"] if args.scores else None
-    report = prune_checkpoint(args.checkpoint, args.drop, args.metric, args.data, args.out, captions=args.captions,
-                              max_samples=args.max_samples, base=args.base, table=table)
+        table = json.loads(Path(args.scores).read_text())["layers"] if args.scores else None
+        # Bad values (ConfigError, exit 2) are refused before the model loads or calibration runs.
+        report = prune_checkpoint(args.checkpoint, args.drop, args.metric, args.data, args.out, captions=args.captions,
+                                  max_samples=args.max_samples, base=args.base, table=table)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -163,6 +169,15 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not any((args.vqa, args.captions, args.loss, args.text)):
         raise ConfigError("nothing to evaluate: give --vqa, --captions, --loss and/or --text")
+    from vregion.compress.from_config import inference_setting
+    from vregion.models.checkpoint import require_checkpoint
+
+    require_checkpoint(args.checkpoint)  # bad values exit 2 before any model loads
+    if args.compress != "auto":
+        try:
+            inference_setting(args.compress, "--compress")
+        except ValueError as e:
+            raise ConfigError(f"{e}; valid: auto (the checkpoint's own setting) | none | K/S") from None
     opts = EvalOptions(vqa=args.vqa, captions=args.captions, loss=args.loss, text=args.text, compress=args.compress,
                        max_samples=args.max_samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                        num_examples=args.num_examples, dtype=args.dtype)

@@ -1,10 +1,12 @@
 """Layer pruning: logits equal skipping the layers, KV-cache decoding stays exact, checkpoints round-trip."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig
 
 from vregion.models.checkpoint import load_checkpoint
 from vregion.region.analyze import region_layers
@@ -74,10 +76,10 @@ def test_renumber_and_pruned_region_config():
     with pytest.raises(ValueError):
         renumber([3], drop=[3], num_layers=8)
     cfg = {"model": {"llm": {"tiny": {"family": "llama"}}}, "region": {"strategy": "uniform", "fraction": 0.25}}
-    out = pruned_config(cfg, __import__("pathlib").Path("/x/llm"), drop=[0, 2], num_layers=8)
+    out = pruned_config(cfg, drop=[0, 2], num_layers=8)
     # uniform 2 of 8 = [1, 7] -> renumbered after dropping 0 and 2
     assert out["region"]["strategy"] == "list" and out["region"]["layers"] == [0, 5]
-    assert out["model"]["llm"] == {"tiny": None, "path": "/x/llm", "gguf_file": None}
+    assert out["model"]["llm"] == {"tiny": None, "path": "llm", "gguf_file": None}  # inside the checkpoint
     assert cfg["region"]["strategy"] == "uniform"  # input untouched
 
 
@@ -87,6 +89,7 @@ def test_pruned_checkpoint_round_trip(tmp_path):
                      "llm": {"tiny": {"family": "gemma3", "num_hidden_layers": 6}}},
            "region": {"strategy": "list", "layers": [1, 4]}}
     drop = [0, 2]
+    types = list(model.llm.config.layer_types)
     prune_layers(model, drop)
     path = save_pruned_checkpoint(model, tokenizer, cfg, drop, 6, tmp_path / "pruned")
     loaded, _, config_dict = load_checkpoint(path)
@@ -96,8 +99,32 @@ def test_pruned_checkpoint_round_trip(tmp_path):
     assert loaded.runner.num_layers == 4
     assert region_layers(config_dict, 4) == [0, 2]  # old 1 and 4, renumbered
     assert json.loads((path / "prune.json").read_text())["dropped"] == drop
-    hf = AutoModelForCausalLM.from_pretrained(str(path / "llm"))
-    assert hf.config.num_hidden_layers == 4 and len(hf.model.layers) == 4
+    hf = AutoConfig.from_pretrained(str(path / "llm"))
+    assert hf.num_hidden_layers == 4 and hf.layer_types == [types[i] for i in (1, 3, 4, 5)]
+
+
+def test_pruned_checkpoint_moves_and_stores_weights_once(tmp_path):
+    model, tokenizer = tiny_vlm("llama", depth=5)
+    cfg = {"model": {"vision": {"type": "clip", "tiny": {}}, "projector": {"type": "mlp2x_gelu"},
+                     "llm": {"tiny": {"family": "llama", "num_hidden_layers": 5}}}}
+    prune_layers(model, [1, 3])
+    path = save_pruned_checkpoint(model, tokenizer, cfg, [1, 3], 5, tmp_path / "a" / "pruned")
+    batch = {k: v for k, v in make_batch().items() if k != "num_samples"}
+    with torch.no_grad():
+        before = load_checkpoint(path)[0](**batch)["logits"]
+    moved = Path(shutil.move(str(path), str(tmp_path / "b" / "elsewhere")))
+    shutil.rmtree(tmp_path / "a")  # nothing may be read from the old place
+    loaded, _, config_dict = load_checkpoint(moved)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch)["logits"], before, rtol=0, atol=0)
+    assert loaded.runner.num_layers == 3 and config_dict["model"]["llm"]["path"] == "llm"
+    # The decoder weights exist once on disk: in model.safetensors, not again in llm/.
+    weight_files = sorted(p.relative_to(moved).as_posix() for p in moved.rglob("*")
+                          if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    assert weight_files == ["model.safetensors"]
+    decoder_bytes = sum(p.numel() * 4 for p in model.llm.model.layers.parameters())  # fp32
+    llm_bytes = sum(p.stat().st_size for p in (moved / "llm").rglob("*") if p.is_file())
+    assert llm_bytes < decoder_bytes / 4  # config + tokenizer only
 
 
 def test_prune_rejects_bad_drop():

@@ -30,11 +30,20 @@ def build_schedule(cfg: CompressConfig) -> Optional[Schedule]:
     raise ValueError(f"compress.schedule must be a preset name or a list of phases, got {cfg.schedule!r}")
 
 
+def inference_setting(text: str, where: str = "compress.inference") -> tuple[Optional[int], Optional[int]]:
+    """(K, S) of an explicit inference setting "K/S" (K on the 32-layer reference scale) or "none" (None, None).
+
+    Raises:
+        ValueError: not "K/S" / "none", K outside [0, 32) or S < 1, naming `where`.
+    """
+    return _setting(*_parse_setting(text, where), REFERENCE_LAYERS, where)
+
+
 def eval_stage(cfg: CompressConfig, schedule: Optional[Schedule], num_layers: int) -> Stage:
     """Pooling for evaluation: `auto` = the schedule's inference setting, `none`, or an explicit "K/S"."""
     if cfg.inference == "none" or (cfg.inference == "auto" and schedule is None):
         return Stage(-1, None, None)
     if cfg.inference == "auto":
         return inference_stage(schedule, num_layers=num_layers)
-    k, s = _setting(*_parse_setting(cfg.inference, "compress.inference"), REFERENCE_LAYERS, "compress.inference")
+    k, s = inference_setting(cfg.inference)
     return Stage(-1, None, None) if k is None else Stage(-1, scale_layer(k, num_layers), s)

@@ -2,7 +2,9 @@
 
 This is the portable *model* format (for eval, transfer, init_from, export); resumable training state
 (optimizer, scheduler, RNG) is the engine's business. Tied weights (e.g. Gemma's lm_head = embeddings)
-are stored once and recorded as aliases in the safetensors metadata.
+are stored once and recorded as aliases in the safetensors metadata. A relative `model.llm.path` that names a
+folder inside the checkpoint (a pruned checkpoint's architecture-only `llm/`) is resolved against the checkpoint,
+so the folder can be moved or copied as a whole.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 import yaml
@@ -23,12 +25,51 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer
 
-from vregion.config import ModelConfig, from_dict, to_dict
+from vregion.config import ConfigError, ModelConfig, from_dict, to_dict
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
 _ALIASES_KEY = "vregion_aliases"
+
+
+class NotACheckpointError(ConfigError, FileNotFoundError):
+    """A folder given as a vregion checkpoint lacks config.yaml or model.safetensors (a bad value: CLI exit 2)."""
+
+
+def require_checkpoint(path: str | Path) -> Path:
+    """`path` as a Path once it holds config.yaml and model.safetensors; checks files only, builds nothing.
+
+    Raises:
+        NotACheckpointError: naming the folder and the missing files.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise NotACheckpointError(f"not a vregion checkpoint: {path} is not a folder")
+    missing = [name for name in (CONFIG_FILE, MODEL_FILE) if not (path / name).is_file()]
+    if missing:
+        raise NotACheckpointError(f"not a vregion checkpoint: {path} has no {' and no '.join(missing)}")
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """The config dict saved in a checkpoint folder."""
+    return yaml.safe_load((require_checkpoint(path) / CONFIG_FILE).read_text()) or {}
+
+
+def stored_names(path: str | Path) -> list[str]:
+    """Every parameter name saved in a checkpoint (aliases included), read from the file header only."""
+    with safe_open(str(require_checkpoint(path) / MODEL_FILE), framework="pt", device="cpu") as f:
+        aliases = json.loads((f.metadata() or {}).get(_ALIASES_KEY, "{}"))
+        return [*f.keys(), *aliases]
+
+
+def inside_checkpoint(path: str | Path, value: Optional[str]) -> Optional[Path]:
+    """The folder `path/value` when `value` is a relative path naming an existing folder inside the checkpoint."""
+    if not value or Path(value).expanduser().is_absolute():
+        return None
+    folder = Path(path) / value
+    return folder if folder.is_dir() else None
 
 
 @contextlib.contextmanager
@@ -154,13 +195,15 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
     from vregion.models.vlm import build_vlm  # vlm imports this module for init_from
 
     path = Path(path)
-    if not (path / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"not a vregion checkpoint (no {CONFIG_FILE}): {path}")
-    config_dict = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+    config_dict = read_config(path)
     model_cfg = from_dict(ModelConfig, config_dict.get("model") or {}, "model")
     # The weights come from this checkpoint; following init_from again would only load stale weights first.
     model_cfg.init_from = None
-    model, tokenizer = build_vlm(model_cfg, dtype)
+    # A pruned checkpoint's llm/ holds only the LLM's config and tokenizer: its weights are in MODEL_FILE.
+    llm_dir = inside_checkpoint(path, model_cfg.llm.path)
+    if llm_dir is not None:
+        model_cfg.llm.path = str(llm_dir)
+    model, tokenizer = build_vlm(model_cfg, dtype, llm_weights=llm_dir is None)
     load_weights(model, path, strict=True)
     if (path / TOKENIZER_DIR).exists():
         tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))

@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     Gemma3TextConfig,
+    GenerationConfig,
     LlamaConfig,
     PreTrainedModel,
     Qwen2Config,
@@ -159,21 +161,35 @@ def _resolve_source(cfg: LLMConfig) -> tuple[str, dict]:
     return path, ({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {})
 
 
-def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, Any]:
+def _from_config_folder(source: str, attn_implementation: str, dtype: torch.dtype) -> PreTrainedModel:
+    """The architecture of an HF folder's config.json with random weights, and its generation_config.json."""
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype,
+                                             attn_implementation=attn_implementation)
+    if (Path(source) / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    return model
+
+
+def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32, weights: bool = True) -> tuple[PreTrainedModel, Any]:
     """Build the causal LM and tokenizer described by cfg.
 
     Args:
         cfg: path (HF folder, hub id, .gguf file, or folder + gguf_file) or tiny (random weights).
         dtype: parameter dtype of the returned model.
+        weights: False builds a local folder's architecture from its config.json with random weights, for a
+            caller that loads every weight next (a pruned checkpoint's `llm/` holds no weights).
     Returns:
         (model, tokenizer): an HF `*ForCausalLM` and its tokenizer (pad token set, falling back to unk/eos).
     """
     if cfg.tiny is not None:
         return build_tiny_llm(cfg.tiny, cfg.attn_implementation, dtype)
     source, extra = _resolve_source(cfg)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, attn_implementation=cfg.attn_implementation, **extra
-    )
+    if weights or extra:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=cfg.attn_implementation, **extra
+        )
+    else:
+        model = _from_config_folder(source, cfg.attn_implementation, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     if tokenizer.pad_token is None:
         # Llama-family tokenizers ship without a pad token; batching needs one (labels mask it anyway).

@@ -207,17 +207,19 @@ class VisionLanguageModel(nn.Module):
         return torch.stack(new_tokens, dim=1)  # (B, n)
 
 
-def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> tuple[VisionLanguageModel, Any]:
+def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
+              llm_weights: bool = True) -> tuple[VisionLanguageModel, Any]:
     """Build vision tower, LLM and projector (in that order, so random init depends only on the seed).
 
     Args:
         cfg: the model section of the run config; `init_from` loads a vregion checkpoint's weights.
         dtype: parameter dtype of every part.
+        llm_weights: False builds the LLM from its folder's config.json only (see `build_llm`).
     Returns:
         (model, tokenizer).
     """
     vision = build_vision_backbone(cfg.vision).to(dtype)
-    llm, tokenizer = build_llm(cfg.llm, dtype)
+    llm, tokenizer = build_llm(cfg.llm, dtype, weights=llm_weights)
     llm_dim = llm.get_input_embeddings().embedding_dim
     projector = build_projector(cfg.projector, vision.hidden_size, llm_dim).to(dtype)
     model = VisionLanguageModel(vision, projector, llm, gradient_checkpointing=cfg.gradient_checkpointing)

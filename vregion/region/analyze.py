@@ -3,7 +3,8 @@
 `analyze_checkpoint` writes the per-layer metric table (csv, json) and a plot with the region marked.
 `prune_checkpoint` drops the least important layers OUTSIDE the region (paper: by angular distance, no
 retraining), saves the pruned checkpoint and reports size, held-out quality and KV-cache decoding speed
-before and after.
+before and after. Both check their arguments first (`check_analyze`, `check_prune`: files and config headers
+only), so a bad value fails with a ConfigError before any model is built or calibration runs.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from typing import Any, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vregion.config import EvalConfig, from_dict
+from vregion.config import ConfigError, EvalConfig, from_dict
+from vregion.data import resolve_shards
 from vregion.eval import evaluate_model
 from vregion.eval.generation import left_padded, split_prompts
 from vregion.eval.loss import to_model
 from vregion.eval.report import eval_batches
-from vregion.models.checkpoint import MODEL_FILE, load_checkpoint, read_state_dict
+from vregion.models.checkpoint import MODEL_FILE, load_checkpoint, read_config, read_state_dict, stored_names
 from vregion.region.metrics import LayerStats, add_parameter_change, layer_metrics, parameter_change
+from vregion.region.names import layer_index_of
 from vregion.region.prune import prune_layers, save_pruned_checkpoint
-from vregion.region.ranking import least_important_outside, scores_from_table
+from vregion.region.ranking import METRICS, least_important_outside, scores_from_table
 
 PLOT_GROUPS = {
     "block influence": ("bi", "bi_visual", "bi_text", "bi_multimodal"),
@@ -44,6 +47,63 @@ def region_layers(config_dict: dict, num_layers: int) -> list[int]:
     from vregion.region.apply import region_layers_for
 
     return region_layers_for(from_dict(RegionConfig, region, "region"), num_layers)
+
+
+def stored_num_layers(checkpoint: str | Path) -> int:
+    """Decoder depth of a saved checkpoint, from its parameter names (no weights are read)."""
+    layers = {layer_index_of(name) for name in stored_names(checkpoint)} - {None}
+    return max(layers, default=-1) + 1
+
+
+def _check_shards(flag: str, shards: Optional[str]) -> None:
+    if shards is None:
+        return
+    try:
+        resolve_shards(shards)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
+def check_analyze(checkpoint: str | Path, shards: str) -> dict:
+    """The checkpoint's config dict, once `checkpoint` is a checkpoint folder and `shards` exist.
+
+    Raises:
+        ConfigError: (NotACheckpointError for the folder) naming what is wrong.
+    """
+    config_dict = read_config(checkpoint)
+    _check_shards("--data", shards)
+    return config_dict
+
+
+def check_prune(checkpoint: str | Path, drop_n: int, metric: str, shards: str, captions: Optional[str] = None,
+                base: Optional[str] = None, table: Optional[Sequence] = None) -> None:
+    """Refuse a prune request that cannot succeed, from files and config headers only (nothing is built).
+
+    Raises:
+        ConfigError: unknown metric (listing the valid ones), a parameter metric without --base or a table,
+            a drop count outside 0..(droppable layers outside the region), a folder that is not a checkpoint,
+            missing shards, or a table of another depth or without the metric.
+    """
+    config_dict = check_analyze(checkpoint, shards)
+    _check_shards("--captions", captions)
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    if metric.startswith("param_") and base is None and table is None:
+        raise ConfigError(f"metric {metric!r} compares against base weights: give --base (or --scores)")
+    num_layers = stored_num_layers(checkpoint)
+    region = region_layers(config_dict, num_layers)
+    outside = num_layers - len(set(region))
+    droppable = min(outside, num_layers - 1)  # at least one decoder layer stays
+    if not 0 <= drop_n <= droppable:
+        raise ConfigError(f"--drop {drop_n} is out of range: 0..{droppable} of the {num_layers} layers can be dropped "
+                          f"({outside} lie outside the region {region}; at least one layer stays)")
+    if table is not None:
+        if len(table) != num_layers:
+            raise ConfigError(f"the layer table has {len(table)} layers, the checkpoint {num_layers}")
+        try:
+            scores_from_table(table, metric)
+        except ValueError as e:
+            raise ConfigError(f"layer table: {e}") from None
 
 
 def _data_settings(config_dict: dict) -> tuple[str, int]:
@@ -118,6 +178,7 @@ def _plot(rows: list[dict], region: Sequence[int], path: Path, title: str) -> No
 def analyze_checkpoint(checkpoint: str | Path, shards: str, out_dir: str | Path, max_samples: int = 256,
                        base: Optional[str] = None, block: int = 2, batch_size: int = 16) -> list[LayerStats]:
     """Compute and write the per-layer table of `checkpoint` (see `write_table`); returns the table."""
+    check_analyze(checkpoint, shards)
     model, tokenizer, config_dict = load_checkpoint(checkpoint)
     table = compute_table(model, tokenizer, config_dict, shards, max_samples, block, batch_size, base)
     region = region_layers(config_dict, model.runner.num_layers)
@@ -187,7 +248,10 @@ def prune_checkpoint(checkpoint: str | Path, drop_n: int, metric: str, shards: s
         speed_tokens: new tokens per row when timing decoding.
     Returns:
         {"dropped", "metric", "region", "before", "after", "speedup"}; also written to out/report.json.
+    Raises:
+        ConfigError: from `check_prune`, before anything is built.
     """
+    check_prune(checkpoint, drop_n, metric, shards, captions, base, table)
     model, tokenizer, config_dict = load_checkpoint(checkpoint)
     template, max_length = _data_settings(config_dict)
     eval_cfg = replace(from_dict(EvalConfig, config_dict.get("eval") or {}, "eval"), vqa_shards=shards,

@@ -2,9 +2,10 @@
 
 Unlike the reference code, every remaining attention module's `layer_idx` is renumbered (the KV cache
 indexes its layers by it), `num_hidden_layers` / `layer_types` follow the new depth, and the runner is
-rebuilt (it reads the layer types once). A pruned checkpoint carries its pruned LLM as an HF folder
-(`llm/` inside the checkpoint) and points `model.llm.path` at it, so `load_checkpoint` rebuilds the new
-depth with no special case; `prune.json` records what was removed.
+rebuilt (it reads the layer types once). A pruned checkpoint carries its pruned LLM's architecture as an HF
+folder without weights (`llm/`: config.json, generation_config.json, tokenizer) and points `model.llm.path`
+at it relative to the checkpoint, so `load_checkpoint` rebuilds the new depth wherever the folder is moved;
+the weights are stored once, in model.safetensors. `prune.json` records what was removed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 LLM_DIR = "llm"
 PRUNE_FILE = "prune.json"
+# HF config fields holding one entry per decoder layer: they keep the entries of the kept layers.
+PER_LAYER_FIELDS = ("layer_types", "no_rope_layers")
 
 
 def kept_layers(num_layers: int, drop: Sequence[int]) -> list[int]:
@@ -59,8 +62,8 @@ def prune_layers(model: nn.Module, drop: Sequence[int]) -> list[int]:
     """
     llm = _unwrap(model.llm)
     base, config = llm.model, llm.config
-    kept = kept_layers(len(base.layers), list(drop))
-    types = getattr(config, "layer_types", None)
+    num_layers = len(base.layers)
+    kept = kept_layers(num_layers, list(drop))
     base.layers = nn.ModuleList([base.layers[i] for i in kept])
     for new, layer in enumerate(base.layers):
         # Attention (and some decoder layers) index the KV cache by layer_idx: it must be the new position.
@@ -68,8 +71,10 @@ def prune_layers(model: nn.Module, drop: Sequence[int]) -> list[int]:
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new
     config.num_hidden_layers = len(kept)
-    if types:
-        config.layer_types = [types[i] for i in kept]
+    for field in PER_LAYER_FIELDS:
+        values = getattr(config, field, None)
+        if isinstance(values, (list, tuple)) and len(values) == num_layers:
+            setattr(config, field, [values[i] for i in kept])
     old = model.runner
     model.runner = DecoderRunner(model.llm, gradient_checkpointing=old.gradient_checkpointing,
                                  between_layers=old.between_layers)
@@ -77,22 +82,30 @@ def prune_layers(model: nn.Module, drop: Sequence[int]) -> list[int]:
     return kept
 
 
-def export_llm(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
-    """Save the (pruned) LLM and tokenizer as a plain HF folder that `AutoModelForCausalLM` loads."""
+def export_llm_config(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
+    """Save the (pruned) LLM's architecture and tokenizer as an HF folder WITHOUT weights.
+
+    `AutoConfig` / `AutoTokenizer` load it; the weights live in the checkpoint's model.safetensors only.
+    """
     path = Path(path)
-    _unwrap(model.llm).save_pretrained(str(path))
+    llm = _unwrap(model.llm)
+    config = copy.deepcopy(llm.config)
+    config.architectures = [type(llm).__name__]
+    config.save_pretrained(str(path))
+    llm.generation_config.save_pretrained(str(path))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path
 
 
-def pruned_config(config_dict: dict, llm_path: Path, drop: Sequence[int], num_layers: int) -> dict:
-    """The checkpoint config after pruning: LLM from `llm_path`, region renumbered as an explicit list."""
+def pruned_config(config_dict: dict, drop: Sequence[int], num_layers: int) -> dict:
+    """The checkpoint config after pruning: LLM from the checkpoint's `llm/`, region renumbered as a list."""
     from vregion.region.analyze import region_layers
 
     out = copy.deepcopy(config_dict)
     llm = out.setdefault("model", {}).setdefault("llm", {})
-    llm.update(path=str(llm_path.resolve()), gguf_file=None, tiny=None)
+    # Relative: load_checkpoint resolves it inside the checkpoint, so the folder can move.
+    llm.update(path=LLM_DIR, gguf_file=None, tiny=None)
     region = out.get("region")
     if region:
         layers = region_layers(out, num_layers)
@@ -112,10 +125,9 @@ def save_pruned_checkpoint(model: nn.Module, tokenizer: Any, config_dict: dict, 
         extra: more facts for prune.json (metric, scores...).
     """
     path = Path(path)
-    cfg = pruned_config(config_dict, path / LLM_DIR, drop, num_layers)
-    save_checkpoint(model, cfg, tokenizer, path)
-    # After the atomic folder write: the HF copy of the LLM (weights duplicated; model.safetensors wins on load).
-    export_llm(model, tokenizer, path / LLM_DIR)
+    save_checkpoint(model, pruned_config(config_dict, drop, num_layers), tokenizer, path)
+    # After the atomic folder write (which replaces the whole folder): the LLM's architecture, no weights.
+    export_llm_config(model, tokenizer, path / LLM_DIR)
     info = {"dropped": sorted(drop), "original_layers": num_layers, "kept": kept_layers(num_layers, drop),
             **(extra or {})}
     (path / PRUNE_FILE).write_text(json.dumps(info, indent=2))
