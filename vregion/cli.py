@@ -86,7 +86,10 @@ def _bench(args: argparse.Namespace) -> int:
         from vregion.engine.plan import plan_text
 
         resolve_config_assets(stage)  # a local model's shape comes from its config.json
-        print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
+        try:
+            print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
+        except ValueError as e:  # a model the plan has no shape for: say which, and what to provide
+            raise ConfigError(f"--plan: {e}") from None
         return 0
     from vregion.engine.bench import default_variants, run_bench, schedule_variants
     from vregion.engine.bench_report import Projection
@@ -365,8 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `key=value` overrides accepted anywhere after the config, also after flags
+    (argparse alone ends the `overrides` positional at the first flag and rejects the rest)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, RunDirectoryError) as e:

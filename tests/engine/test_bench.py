@@ -33,7 +33,8 @@ def test_bench_writes_md_json_png_with_the_new_columns(tiny_bench):
     _, result, out = tiny_bench
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(result))
     md = (out / "bench.md").read_text()
-    for column in ("samples/s", "tokens/s", "TFLOP/s", "MFU", "peak mem", "4-GPU wall h", "GPU-hours", "vs full"):
+    for column in ("samples/s", "tokens/s", "TFLOP/s", "MFU", "optimizer state / rank", "peak mem / rank",
+                   "4-GPU wall h", "GPU-hours", "vs full"):
         assert column in md.splitlines()[0]
     assert [line.split("|")[1].strip() for line in md.splitlines()[2:4]] == ["full", "region@2/8"]
     png = (out / "bench.png").read_bytes()
@@ -99,14 +100,15 @@ def test_measured_optimizer_state_and_memory_match_the_plan(tiny_bench):
     _, result, _ = tiny_bench
     full, pooled = result["rows"]
     for r in (full, pooled):
-        assert r["optimizer_state_bytes"] == r["plan_optimizer_state_bytes"]  # two fp32 Adam moments
+        assert r["optimizer_state_bytes_per_rank"] == r["plan_optimizer_state_bytes_per_rank"]  # fp32 Adam moments
         assert r["trainable_params"] == r["plan_trainable_params"]
     # region: 2 of 8 layers (hidden 64, inter 128, 4 heads, 2 kv heads) + projector, by hand (see test_plan)
-    assert pooled["optimizer_state_bytes"] == 8 * (2 * (8192 + 4096 + 24576 + 128) + 2112 + 4160)
-    assert full["optimizer_state_bytes"] == 8 * full["trainable_params"] > 4 * pooled["optimizer_state_bytes"]
+    assert pooled["optimizer_state_bytes_per_rank"] == 8 * (2 * (8192 + 4096 + 24576 + 128) + 2112 + 4160)
+    assert full["optimizer_state_bytes_per_rank"] == 8 * full["trainable_params"] \
+        > 4 * pooled["optimizer_state_bytes_per_rank"]
     # a process training full fine-tuning holds at least its fp32 weights, gradients and Adam moments
-    assert full["peak_mem_bytes"] >= 4 * full["trainable_params"] * 2 + full["optimizer_state_bytes"]
-    assert 0 < pooled["peak_mem_bytes"] < 2**31
+    assert full["peak_mem_bytes_per_rank"] >= 4 * full["trainable_params"] * 2 + full["optimizer_state_bytes_per_rank"]
+    assert 0 < pooled["peak_mem_bytes_per_rank"] < 2**31
 
 
 def test_default_matrix_follows_the_schedule():
@@ -139,7 +141,7 @@ def test_projection_and_schedule_average_by_hand():
     assert avg["tokens_per_s"] == pytest.approx(100 * 32 / 15)
     assert avg["achieved_tflops"] == pytest.approx((0.5 * 8e12 / 16 + 0.5 * 4e12 / 16) / (15 / 32) / 1e12)
     assert avg["projected_gpu_hours"] == pytest.approx(0.5 * 1.0 + 0.5 * pooled["projected_gpu_hours"])
-    assert avg["peak_mem_bytes"] == 300
+    assert avg["peak_mem_bytes_per_rank"] == 300
     rows = add_ratios([row, pooled, avg])
     assert rows[1]["tokens_per_s_ratio"] == pytest.approx(2.0) and rows[1]["peak_mem_ratio"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="needs the variant 'full@2/8'"):
@@ -174,3 +176,31 @@ def test_wandb_offline_run_logs_the_table(tmp_path, monkeypatch):
     folder = log_wandb(rows, {"gpus": 1}, WandbConfig(mode="disabled", project="bench-test"), tmp_path, png)
     assert Path(folder).is_relative_to(tmp_path / "wandb")
     assert any(p.suffix == ".wandb" for p in (tmp_path / "wandb").rglob("*"))
+
+
+def test_bench_under_zero3_counts_trainable_params_before_partitioning(tmp_path):
+    """ZeRO-3 partitions every parameter at engine start (`numel()` 0 on each rank); the count must not follow."""
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"run.output_dir={tmp_path / 'run'}", "deepspeed.zero_stage=3"])
+    cfg = prepare_data(cfg.stage_configs()[-1], tmp_path / "run")
+    result = run_bench(cfg, ["region"], rounds=1, steps_per_round=1, out_dir=tmp_path / "out", memory=False)
+    row = result["rows"][0]
+    # 2 of 8 layers + projector, by hand (see test_plan)
+    assert row["trainable_params"] == row["plan_trainable_params"] == 2 * (8192 + 4096 + 24576 + 128) + 2112 + 4160
+    assert row["optimizer_state_bytes_per_rank"] == row["plan_optimizer_state_bytes_per_rank"] > 0  # 1 rank: all
+    header = (tmp_path / "out" / "bench.md").read_text().splitlines()[0]
+    assert "| 80,256 | " in (tmp_path / "out" / "bench.md").read_text() and "optimizer state / rank" in header
+
+
+def test_overrides_after_flags_apply(capsys):
+    from vregion.cli import main
+
+    assert main(["bench", "tiny", "--plan", "train.micro_batch_size=2", "--gpus", "2", "deepspeed.zero_stage=3"]) == 0
+    assert "plan: 2 x h100, ZeRO-3 fp32, micro-batch 2," in capsys.readouterr().out
+    from vregion.cli import parse_args
+
+    args = parse_args(["train", "tiny", "optim.lr=1e-4", "--resume", "region.count=8"])
+    assert args.resume and args.overrides == ["optim.lr=1e-4", "region.count=8"]
+    for argv in (["bench", "tiny", "--plan", "--no-such-flag"], ["data", "synth", "out", "a=1"]):
+        with pytest.raises(SystemExit) as stop:
+            parse_args(argv)
+        assert stop.value.code == 2

@@ -146,3 +146,72 @@ def test_efficientnet_lite0_shape_matches_the_built_network(image_size, toleranc
     assert shape.params == sum(p.numel() for p in network.parameters())
     assert (shape.tokens, shape.hidden) == (features.shape[2] * features.shape[3], features.shape[1])
     assert shape.forward_flops == pytest.approx(counter.get_total_flops(), rel=tolerance)
+
+
+def test_siglip_tower_has_no_cls_token_and_matches_the_built_tower():
+    from vregion.engine.plan import vision_shape
+    from vregion.models.backbones import build_vision_backbone
+
+    cfg = load_config(TINY_YAML, ["model.vision.type=siglip"]).stage_configs()[-1]
+    shape, tower = vision_shape(cfg.model), build_vision_backbone(cfg.model.vision)
+    # 32 px / patch 8: 16 patch tokens and nothing else (a CLIP tower would also run a CLS token)
+    assert (shape.tokens, shape.prefix, shape.hidden) == (16, 0, 32) == (tower.num_tokens, 0, tower.hidden_size)
+    assert shape.params == sum(p.numel() for p in tower.parameters())
+    assert shape.forward_flops == 2 * shape.params * 16 + 4 * 16**2 * 32 * 1  # attention of layer 1 of 2 (-2)
+
+
+def test_bunny_plans_offline_from_built_in_hub_shapes(monkeypatch, capsys):
+    """The Bunny recipe (SigLIP-so400m + Llama-3-8B hub ids) plans with the network cut off."""
+    import socket
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    from vregion.cli import main, resolve_config_path
+    from vregion.engine.plan import KNOWN_VISION
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the plan opened a network connection")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert main(["bench", "bunny-llama-3-8b-v", "--plan", "--tokens-per-sample", "1000"]) == 0
+    assert "1000 tokens/sample" in capsys.readouterr().out
+    cfg = load_config(resolve_config_path("bunny-llama-3-8b-v")).stage_configs()[-1]
+    shape = shape_from_config(cfg.model)
+    # 384 px / patch 14: 27 x 27 = 729 patch tokens, no CLS token
+    assert (shape.vision.tokens, shape.vision.prefix, shape.vision.hidden) == (729, 0, 1152)
+    with torch.device("meta"):  # the built-in shapes against the HF models (no weights, no download)
+        siglip = SiglipVisionModel(SiglipVisionConfig(num_attention_heads=16,
+                                                      **KNOWN_VISION["google/siglip-so400m-patch14-384"]))
+        llama = LlamaForCausalLM(LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                             num_attention_heads=32, num_key_value_heads=8, vocab_size=128256))
+    counts = param_counts(shape)
+    assert counts["vision"] == sum(p.numel() for p in siglip.parameters()) == 428_225_600
+    assert counts["total"] - counts["vision"] - counts["projector"] == sum(p.numel() for p in llama.parameters())
+
+
+def test_unknown_hub_ids_fail_clearly_and_local_configs_are_read(tmp_path, capsys):
+    import json
+
+    from vregion.cli import main
+    from vregion.engine.plan import LLMShape, llm_shape, vision_shape
+
+    assert main(["bench", "llava-1.5-7b", "--plan", "model.llm.path=someorg/unknown-7b"]) == 2
+    err = capsys.readouterr().err
+    assert "model.llm.path 'someorg/unknown-7b'" in err and "config.json" in err and "never downloads" in err
+    llm, clip = tmp_path / "llm", tmp_path / "clip"
+    llm.mkdir(), clip.mkdir()
+    (llm / "config.json").write_text(json.dumps(dict(model_type="llama", hidden_size=64, intermediate_size=128,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     num_key_value_heads=2, vocab_size=1000)))
+    # a whole CLIPModel's config: the vision fields sit under vision_config, unset ones take HF's defaults
+    (clip / "config.json").write_text(json.dumps(dict(model_type="clip", vision_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        patch_size=8))))
+    cfg = load_config(TINY_YAML, [f"model.llm.path={llm}", "model.llm.tiny=null", f"model.vision.path={clip}",
+                                  "model.vision.tiny=null"]).stage_configs()[-1]
+    assert llm_shape(cfg.model) == LLMShape(64, 128, 2, 4, 2, 1000, head_dim=16)
+    tiny = load_config(TINY_YAML).stage_configs()[-1]
+    assert vision_shape(cfg.model) == vision_shape(tiny.model)  # same CLIP fields as tiny.yaml's random tower

@@ -60,10 +60,10 @@ class EngineRun:
     engine: object
     batches: Iterator
     shape: Optional[plan.VLMShape]  # None: the plan has no FLOP model for this LLM family (no TFLOP/s, MFU)
-    trainable: int
+    trainable: int  # trainable elements of the whole model (not a rank's ZeRO-3 partition)
     accum: int
     dtype: torch.dtype
-    state_bytes: int = 0
+    state_bytes: int = 0  # optimizer state on this rank (ZeRO >= 1 splits it over the ranks)
     resident_bytes: Optional[int] = None  # memory still in use after building and warming up this engine
 
 
@@ -116,8 +116,8 @@ def default_variants(cfg: Config) -> tuple[list[str], Schedule]:
 
 def bench_shape(cfg: Config, model) -> Optional[plan.VLMShape]:
     """The plan's shape of the built model, or None for LLM families it does not model (e.g. gemma3).
-    Towers the plan has no formula for (e.g. SigLIP) get their parameter count from the module and their
-    forward FLOPs counted on one image by torch's FLOP counter."""
+    Towers the plan has no formula for (a backbone other than CLIP, SigLIP, EfficientNet-Lite0) get their
+    parameter count from the module and their forward FLOPs counted on one image by torch's FLOP counter."""
     try:
         llm = plan.llm_shape(cfg.model)
     except ValueError as e:
@@ -145,6 +145,7 @@ def _build_engine(cfg: Config, base: str) -> EngineRun:
     shape = bench_shape(cfg, model)
     apply_region(model, region)
     groups = build_param_groups(model, cfg.optim)
+    trainable = sum(numel(p) for g in groups for p in g["params"])  # before ZeRO-3 partitions them to 0 here
     optimizer = build_optimizer(groups, cfg.optim, cfg.deepspeed.offload_optimizer)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=10**6)
     import deepspeed
@@ -153,9 +154,13 @@ def _build_engine(cfg: Config, base: str) -> EngineRun:
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg, dist.world_size())
     )
     data = StageData(cfg, model, tokenizer)
-    trainable = sum(p.numel() for g in groups for p in g["params"])
     accum = grad_accum_steps(cfg.train, dist.world_size())
     return EngineRun(base, cfg, engine, iter(data.train_loader()), shape, trainable, accum, model_dtype(cfg))
+
+
+def numel(p: torch.nn.Parameter) -> int:
+    """Elements of a parameter, also once ZeRO-3 has partitioned it (its `numel()` is then 0 on every rank)."""
+    return getattr(p, "ds_numel", p.numel())
 
 
 def _attach(owner: EngineRun, spec: str) -> VariantRun:
@@ -254,7 +259,7 @@ def _row(run: VariantRun, peak_tflops: float, projection: Projection) -> dict:
         memory = plan.memory_per_gpu(owner.shape, run.variant, cfg.deepspeed, dist.world_size(),
                                      cfg.train.micro_batch_size, 1, cfg.model.gradient_checkpointing)
         predicted = dict(plan_trainable_params=plan.trainable_params(owner.shape, run.variant.region)["total"],
-                         plan_optimizer_state_bytes=memory["adam_moments"])
+                         plan_optimizer_state_bytes_per_rank=memory["adam_moments"])
     return bench_report.variant_row(run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops,
                                     projection, peak_mem, **predicted)
 

@@ -66,6 +66,7 @@ def variant_row(name: str, steps: list[StepTiming], trainable: int, state_bytes:
     optimizer step over the run's global batch: one optimizer step per `global_batch / gpus` samples per
     device, as in the real run (the bench steps after every `micro_batch x grad_accum` samples). GPUs are
     assumed to scale linearly (communication and ZeRO partitioning of the optimizer step not modelled).
+    `trainable` counts the whole model; `state_bytes` and `peak_mem_bytes` are this rank's (`*_per_rank` keys).
     """
     seconds = sum(s.seconds for s in steps)
     samples = sum(s.samples for s in steps)
@@ -92,8 +93,8 @@ def variant_row(name: str, steps: list[StepTiming], trainable: int, state_bytes:
         "achieved_tflops": achieved,
         "mfu": None if achieved is None else achieved / peak_tflops,
         "trainable_params": trainable,
-        "optimizer_state_bytes": state_bytes,
-        "peak_mem_bytes": peak_mem_bytes,
+        "optimizer_state_bytes_per_rank": state_bytes,
+        "peak_mem_bytes_per_rank": peak_mem_bytes,
         "projected_samples_per_s": projection.samples * projection.epochs / wall_s,
         "projected_wall_h": wall_s / 3600,
         "projected_gpu_hours": wall_s * projection.gpus / 3600,
@@ -121,7 +122,7 @@ def schedule_average(rows: list[dict], schedule: Schedule, base: str, peak_tflop
     flops = [r["flops_per_sample"] for _, r in phases]
     flops_per_sample = None if None in flops else sum(f * r["flops_per_sample"] for f, r in phases)
     wall_h = sum(f * r["projected_wall_h"] for f, r in phases)
-    mems = [r["peak_mem_bytes"] for _, r in phases]
+    mems = [r["peak_mem_bytes_per_rank"] for _, r in phases]
     achieved = None if flops_per_sample is None else flops_per_sample / sec_per_sample / 1e12
     return {
         "variant": f"{base} + {schedule.name} (whole-run average)",
@@ -139,8 +140,8 @@ def schedule_average(rows: list[dict], schedule: Schedule, base: str, peak_tflop
         "achieved_tflops": achieved,
         "mfu": None if achieved is None else achieved / peak_tflops,
         "trainable_params": ref["trainable_params"],
-        "optimizer_state_bytes": ref["optimizer_state_bytes"],
-        "peak_mem_bytes": None if None in mems else max(mems),
+        "optimizer_state_bytes_per_rank": ref["optimizer_state_bytes_per_rank"],
+        "peak_mem_bytes_per_rank": None if None in mems else max(mems),
         "projected_samples_per_s": projection.samples * projection.epochs / (wall_h * 3600),
         "projected_wall_h": wall_h,
         "projected_gpu_hours": wall_h * projection.gpus,
@@ -156,7 +157,8 @@ def add_ratios(rows: list[dict]) -> list[dict]:
 
     for row in rows:
         row.update(step_time_ratio=ratio(row, "median_step_s"), tokens_per_s_ratio=ratio(row, "tokens_per_s"),
-                   peak_mem_ratio=ratio(row, "peak_mem_bytes"), gpu_hours_ratio=ratio(row, "projected_gpu_hours"))
+                   peak_mem_ratio=ratio(row, "peak_mem_bytes_per_rank"),
+                   gpu_hours_ratio=ratio(row, "projected_gpu_hours"))
     return rows
 
 
@@ -173,18 +175,19 @@ def format_table(rows: list[dict], meta: dict) -> str:
     base, proj = rows[0]["variant"], meta["projection"]
     lines = [
         f"| variant | step s (median, min-max) | fwd / bwd / opt s | samples/s | tokens/s | vs {base} | "
-        f"TFLOP/s | MFU | trainable params | optimizer state | peak mem | vs {base} | "
+        f"TFLOP/s | MFU | trainable params | optimizer state / rank | peak mem / rank | vs {base} | "
         f"{proj['gpus']}-GPU wall h | GPU-hours | vs {base} |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = "" if r["min_step_s"] is None else f" ({r['min_step_s']:.2f}-{r['max_step_s']:.2f})"
-        mem = "-" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / GIB:.2f} GiB"
+        mem = "-" if r["peak_mem_bytes_per_rank"] is None else f"{r['peak_mem_bytes_per_rank'] / GIB:.2f} GiB"
         lines.append(
             f"| {r['variant']} | {r['median_step_s']:.2f}{spread} | "
             f"{r['forward_s']:.2f} / {r['backward_s']:.2f} / {r['optimizer_s']:.2f} | {r['samples_per_s']:.2f} | "
             f"{r['tokens_per_s']:,.0f} | {_x(r['tokens_per_s_ratio'])} | {_num(r['achieved_tflops'], '{:.3f}')} | "
-            f"{_num(r['mfu'], '{:.1%}')} | {r['trainable_params']:,} | {r['optimizer_state_bytes'] / MIB:,.1f} MiB | "
+            f"{_num(r['mfu'], '{:.1%}')} | {r['trainable_params']:,} | "
+            f"{r['optimizer_state_bytes_per_rank'] / MIB:,.1f} MiB | "
             f"{mem} | {_x(r['peak_mem_ratio'])} | {r['projected_wall_h']:,.1f} | {r['projected_gpu_hours']:,.1f} | "
             f"{_x(r['gpu_hours_ratio'])} |"
         )
@@ -198,6 +201,8 @@ def format_table(rows: list[dict], meta: dict) -> str:
         "the FLOPs each batch actually needed (plan.sample_flops: padded length, pooled layers, backward only "
         "where gradients flow, head on supervised positions).",
         f"- peak mem: {MEMORY_KINDS[meta['memory_kind']]}.",
+        f"- per rank: optimizer state and peak mem are one rank's (of {meta.get('world_size', '?')}; ZeRO >= 1 "
+        "splits the optimizer state over the ranks, ZeRO-3 the weights too); trainable params are the whole model's.",
         f"- projection: {proj['samples']:,} samples x {proj['epochs']:g} epoch, global batch "
         f"{proj['global_batch']}, {proj['gpus']} device(s) scaling linearly; the measured optimizer step is "
         "amortised over the global batch.",
@@ -226,8 +231,8 @@ def plot(rows: list[dict], path: Path, baseline: str) -> Path:
 
     names = [r["variant"] for r in rows][::-1]  # barh draws bottom-up; keep the table's order top-down
     panels = [("tokens/s vs " + baseline, [r["tokens_per_s_ratio"] for r in rows][::-1], "{:.2f}x"),
-              ("peak memory (GiB)", [None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / GIB
-                                     for r in rows][::-1], "{:.2f}"),
+              ("peak memory per rank (GiB)", [None if r["peak_mem_bytes_per_rank"] is None
+                                              else r["peak_mem_bytes_per_rank"] / GIB for r in rows][::-1], "{:.2f}"),
               ("projected GPU-hours", [r["projected_gpu_hours"] for r in rows][::-1], "{:,.0f}")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(rows) + 1.6), sharey=True)
     for ax, (title, values, fmt) in zip(axes, panels):
@@ -271,7 +276,7 @@ def log_wandb(rows: list[dict], meta: dict, cfg: WandbConfig, out_dir: Path, png
     run.log({"bench/table": wandb.Table(columns=keys, data=[[r.get(k) for k in keys] for r in rows]),
              "bench/plot": wandb.Image(str(png))})
     for r in rows:
-        for key in ("tokens_per_s", "samples_per_s", "achieved_tflops", "mfu", "peak_mem_bytes",
+        for key in ("tokens_per_s", "samples_per_s", "achieved_tflops", "mfu", "peak_mem_bytes_per_rank",
                     "projected_gpu_hours", "tokens_per_s_ratio"):
             run.summary[f"{r['variant']}/{key}"] = r[key]
     folder = run.dir

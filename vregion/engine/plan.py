@@ -1,11 +1,11 @@
 """`vregion bench --plan`: an analytic cost model (parameters, FLOPs, memory per GPU, wall time) from model shapes.
 
 Nothing here builds weights: an LLM is its shape (`LLMShape`), a vision tower its parameter count, token
-count and width (`VisionShape`). The model answers "what does a visual region save before I rent GPUs":
-trainable parameters, FLOPs per optimizer step actually done, memory per GPU under ZeRO 0-3, and the wall
-time of one epoch at an assumed (or measured) throughput. Every estimate is documented where it is made;
-the memory model ignores allocator fragmentation beyond a fixed reserve, so treat "fits" near the limit as
-"measure it".
+count and width (`VisionShape`), both read offline from configs or known hub ids (`plan_shapes`). The
+model answers "what does a visual region save before I rent GPUs": trainable parameters, FLOPs per
+optimizer step actually done, memory per GPU under ZeRO 0-3, and the wall time of one epoch at an assumed
+(or measured) throughput. Every estimate is documented where it is made; the memory model ignores allocator
+fragmentation beyond a fixed reserve, so treat "fits" near the limit as "measure it".
 """
 
 from __future__ import annotations
@@ -14,7 +14,26 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vregion.compress.schedule import scale_layer
-from vregion.config import Config, DeepSpeedConfig, ModelConfig, RegionConfig, _deep_merge, from_dict, to_dict
+from vregion.config import Config, DeepSpeedConfig, RegionConfig, _deep_merge, from_dict, to_dict
+from vregion.engine.plan_shapes import (  # noqa: F401 (the shapes are part of the plan's interface)
+    CLIP_L336,
+    KNOWN_LLMS,
+    KNOWN_VISION,
+    LLAMA3_8B,
+    PRESETS,
+    VICUNA_7B,
+    VICUNA_13B,
+    LLMShape,
+    VisionShape,
+    VLMShape,
+    clip_vision_shape,
+    efficientnet_lite0_shape,
+    get_preset,
+    llm_shape,
+    shape_from_config,
+    siglip_vision_shape,
+    vision_shape,
+)
 from vregion.region.apply import region_layers_for
 
 GB = 1e9
@@ -30,174 +49,6 @@ VARIANT_REGIONS = {
     "region-lora": {"strategy": "uniform", "mode": "lora"},
     "projector": {"strategy": "none"},
 }
-
-
-# ---------------------------------------------------------------------------------------------- shapes
-@dataclass(frozen=True)
-class LLMShape:
-    """A llama-style decoder: 7 bias-free linears per layer (q, k, v, o, gate, up, down) and 2 RMSNorms."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    head_dim: Optional[int] = None  # None: hidden // heads
-    tied: bool = False  # lm_head shares the input embedding
-    qkv_bias: bool = False  # qwen2
-
-    @property
-    def hd(self) -> int:
-        return self.head_dim or self.hidden // self.heads
-
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of the 7 linears of one layer."""
-        h, q, kv, i = self.hidden, self.heads * self.hd, self.kv_heads * self.hd, self.intermediate
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-
-    @property
-    def linear_params(self) -> int:
-        bias = (self.heads + 2 * self.kv_heads) * self.hd if self.qkv_bias else 0
-        return sum(a * b for a, b in self.linears().values()) + bias
-
-    @property
-    def layer_params(self) -> int:
-        return self.linear_params + 2 * self.hidden  # + input and post-attention RMSNorm weights
-
-    def lora_params(self, r: int) -> int:
-        """LoRA adapters of one layer: A (r x in) + B (out x r) on each of the 7 linears."""
-        return sum(r * (a + b) for a, b in self.linears().values())
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    """A ViT: total parameters, patch tokens fed to the projector, width, and layers run (feature layer -2: L - 1).
-
-    `flops` replaces the ViT formula with a given forward cost per image, for towers that are not ViTs
-    (EfficientNet's depthwise convolutions do ~25 FLOPs per parameter per pixel, not 2 per token).
-    """
-
-    params: int
-    tokens: int
-    hidden: int
-    layers_run: int
-    flops: Optional[float] = None
-
-    @property
-    def forward_flops(self) -> float:
-        """Forward FLOPs per image: linears on the patch tokens + CLS, and attention of the layers run."""
-        if self.flops is not None:
-            return self.flops
-        n = self.tokens + 1
-        return 2 * self.params * n + 4 * n**2 * self.hidden * self.layers_run
-
-
-def clip_vision_shape(hidden: int, intermediate: int, layers: int, image_size: int, patch_size: int,
-                      feature_layer: int = -2) -> VisionShape:
-    """HF CLIPVisionModel's exact parameter count: embeddings (class, bias-free patch conv, positions incl. CLS),
-    pre/post LayerNorm, and per layer 4 biased attention linears, a biased 2-linear MLP and 2 LayerNorms."""
-    d, i, n = hidden, intermediate, (image_size // patch_size) ** 2
-    embeddings = d + 3 * patch_size**2 * d + (n + 1) * d
-    layer = 4 * (d * d + d) + (d * i + i) + (i * d + d) + 2 * 2 * d
-    run = layers + 1 + feature_layer if feature_layer < 0 else feature_layer
-    return VisionShape(embeddings + 2 * 2 * d + layers * layer, n, d, run)
-
-
-@dataclass(frozen=True)
-class VLMShape:
-    """Vision tower -> projector (linear | mlp2x_gelu) -> LLM."""
-
-    llm: LLMShape
-    vision: VisionShape
-    projector: str = "mlp2x_gelu"
-    projector_hidden: Optional[int] = None  # mlp2x_gelu inner width; None: the LLM's hidden size
-
-    @property
-    def projector_params(self) -> int:
-        v, h = self.vision.hidden, self.llm.hidden
-        if self.projector == "linear":
-            return v * h + h
-        m = self.projector_hidden or h
-        return (v * m + m) + (m * h + h)
-
-
-VICUNA_7B = LLMShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
-VICUNA_13B = LLMShape(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40, vocab=32000)
-CLIP_L336 = clip_vision_shape(1024, 4096, 24, 336, 14)  # 303.5M parameters, 576 patch tokens
-PRESETS = {"llava-1.5-7b": VLMShape(VICUNA_7B, CLIP_L336), "llava-1.5-13b": VLMShape(VICUNA_13B, CLIP_L336)}
-# Hub ids whose shapes are known, so a shipped config plans without network or downloaded configs.
-KNOWN_LLMS = {"lmsys/vicuna-7b-v1.5": VICUNA_7B, "lmsys/vicuna-13b-v1.5": VICUNA_13B}
-KNOWN_VISION = {"openai/clip-vit-large-patch14-336": CLIP_L336}
-
-
-def get_preset(name: str) -> VLMShape:
-    if name not in PRESETS:
-        raise ValueError(f"unknown plan preset {name!r}; valid: {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-def llm_shape(cfg: ModelConfig) -> LLMShape:
-    """The LLM of a config: a known hub id, a tiny config, or a local HF folder (its config.json only)."""
-    if cfg.llm.path in KNOWN_LLMS:
-        return KNOWN_LLMS[cfg.llm.path]
-    if cfg.llm.tiny is not None:
-        from vregion.models.llm import TINY_FAMILIES
-
-        tiny = dict(cfg.llm.tiny)
-        hf = TINY_FAMILIES[tiny.pop("family", "llama")](tiny)
-        family = hf.model_type  # "gemma3_text" for a tiny gemma3: not modelled, refused below
-    elif cfg.llm.path is not None:
-        from transformers import AutoConfig
-
-        hf = AutoConfig.from_pretrained(cfg.llm.path, local_files_only=True)
-        family = hf.model_type
-    else:
-        raise ValueError("model.llm needs `path` or `tiny` to plan")
-    if family not in ("llama", "mistral", "qwen2"):
-        raise ValueError(f"plan models llama-style LLMs (llama, mistral, qwen2), not {family!r}")
-    return LLMShape(hf.hidden_size, hf.intermediate_size, hf.num_hidden_layers, hf.num_attention_heads,
-                    hf.num_key_value_heads or hf.num_attention_heads, hf.vocab_size,
-                    getattr(hf, "head_dim", None), bool(hf.tie_word_embeddings), family == "qwen2")
-
-
-def efficientnet_lite0_shape(image_size: Optional[int]) -> VisionShape:
-    """EfficientNet-Lite0 at `image_size` (None: 224): ceil(S/32)^2 tokens of 1280 channels, FLOPs per pixel
-    (exact for sides that are multiples of 32; others pad every stride-2 stage up, ~10% more than this)."""
-    from vregion.models import efficientnet as lite0
-
-    size = image_size or lite0.DEFAULT_IMAGE_SIZE
-    side = -(-size // lite0.FEATURE_STRIDE)
-    return VisionShape(lite0.NUM_PARAMS, side * side, lite0.HIDDEN_SIZE, 0, lite0.FLOPS_PER_PIXEL * size * size)
-
-
-def vision_shape(cfg: ModelConfig) -> VisionShape:
-    """The vision tower of a config: a known hub id, EfficientNet-Lite0, or a CLIP (tiny or local); other towers
-    raise ValueError."""
-    if cfg.vision.path in KNOWN_VISION:
-        return KNOWN_VISION[cfg.vision.path]
-    if cfg.vision.type == "efficientnet-lite0":
-        return efficientnet_lite0_shape(cfg.vision.image_size)
-    if cfg.vision.type != "clip":
-        raise ValueError(f"plan models clip and efficientnet-lite0 vision towers (or known hub ids), not "
-                         f"{cfg.vision.type!r}")
-    if cfg.vision.tiny is not None:
-        from vregion.models.backbones import TINY_VIT_DEFAULTS
-
-        c = TINY_VIT_DEFAULTS | dict(cfg.vision.tiny)
-        return clip_vision_shape(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
-                                 cfg.vision.image_size or c["image_size"], c["patch_size"], cfg.vision.feature_layer)
-    from transformers import CLIPVisionConfig
-
-    c = CLIPVisionConfig.from_pretrained(cfg.vision.path, local_files_only=True)
-    return clip_vision_shape(c.hidden_size, c.intermediate_size, c.num_hidden_layers,
-                             cfg.vision.image_size or c.image_size, c.patch_size, cfg.vision.feature_layer)
-
-
-def shape_from_config(cfg: ModelConfig) -> VLMShape:
-    """The shape of a config's model: known hub ids, tiny configs, or local HF folders (configs only)."""
-    return VLMShape(llm_shape(cfg), vision_shape(cfg), cfg.projector.type, cfg.projector.hidden_size)
 
 
 # ------------------------------------------------------------------------------------------ parameters
