@@ -55,6 +55,20 @@ def test_tiny_overrides_and_image_size_change_token_count():
     assert backbone(torch.randn(1, 3, 48, 48)).shape == (1, 36, 32)
 
 
+@pytest.mark.parametrize("tower", ["siglip", "clip"])
+def test_image_side_not_a_multiple_of_the_patch_builds_like_hf(tower):
+    """SigLIP-so400m is 384 px with 14 px patches (the Bunny recipe's tower): the patch convolution drops the last
+    pixels, 27 x 27 = 729 tokens. The tiny analogue: 30 px, 8 px patches -> 3 x 3."""
+    backbone = build_vision_backbone(VisionConfig(type=tower, tiny={"image_size": 30, "patch_size": 8}))
+    pixels = torch.randn(2, 3, 30, 30)
+    with torch.no_grad():
+        features = backbone(pixels)
+    hidden = hf_hidden_states(backbone, pixels)
+    prefix = 1 if tower == "clip" else 0
+    assert backbone.num_tokens == 9 and features.shape == (2, 9, 32)
+    torch.testing.assert_close(features, hidden[-2][:, prefix:], rtol=0, atol=0)
+
+
 def test_unknown_backbone_lists_valid_ids():
     with pytest.raises(ValueError, match="unknown vision backbone 'eva'; valid ids: ") as error:
         build_vision_backbone(VisionConfig(type="eva", tiny={}))

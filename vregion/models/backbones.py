@@ -78,10 +78,12 @@ class HFViTBackbone(VisionBackbone):
                 f"(valid: {-(num_layers + 1)}..{num_layers})"
             )
         self.image_size = image_size or config.image_size
-        if self.image_size % config.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {config.patch_size}")
+        if self.image_size < config.patch_size:
+            raise ValueError(f"image_size {self.image_size} is smaller than one patch ({config.patch_size})")
         # A resolution other than the pretrained one needs interpolated position embeddings.
         self.interpolate = self.image_size != config.image_size
+        # The patch embedding is a stride-`patch` convolution without padding: a side that is not a multiple of the
+        # patch drops its last pixels (SigLIP-so400m: 384 px / 14 -> 27 x 27 = 729 tokens, as the tower was trained).
         self.num_tokens = (self.image_size // config.patch_size) ** 2
         self.hidden_size = config.hidden_size
         self.image_mean = tuple(image_mean)
