@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", default=None, help="text file (one passage a line) or text-only shards: "
                           "perplexity, i.e. the language ability left after tuning")
     evaluate.add_argument("--compress", default="auto", help="visual-token pooling: auto (the checkpoint's "
-                          "schedule's inference stage) | none | K/S (K of 32 layers, scaled to the model)")
+                          "compress.inference: its schedule's setting or a K/S) | none | K/S (K of 32 layers, scaled "
+                          "to the model)")
     evaluate.add_argument("--max-samples", type=int, default=200, help="samples per set, over all ranks")
     evaluate.add_argument("--batch-size", type=int, default=16, help="samples per forward / generation, per rank")
     evaluate.add_argument("--max-new-tokens", type=int, default=16, help="generation budget per answer")

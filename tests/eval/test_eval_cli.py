@@ -162,3 +162,20 @@ def test_compression_at_inference_pools_visual_tokens(setup):
     assert pooled["vqa"]["samples"] == plain["vqa"]["samples"] == 8
     assert pooled["vqa_loss"]["tokens"] == plain["vqa_loss"]["tokens"]  # pooling drops visual, not answer, tokens
     assert pooled["vqa_loss"]["loss"] != pytest.approx(plain["vqa_loss"]["loss"], rel=1e-4)
+
+
+def test_auto_compression_follows_an_explicit_inference_setting_in_the_checkpoint(setup):
+    """A checkpoint whose config says `compress.inference: 16/2` pools at 16/2 under `--compress auto` (auto
+    used to mean "the schedule's setting" and dropped an explicit one)."""
+    import shutil
+
+    import yaml
+
+    ckpt = setup / "ckpt-16-2"
+    shutil.copytree(setup / "ckpt", ckpt)
+    config = yaml.safe_load((ckpt / "config.yaml").read_text())
+    config["compress"] = {"schedule": None, "inference": "16/2"}
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(config))
+    opts = dict(vqa=str(setup / "vqa"), max_samples=4, batch_size=4, max_new_tokens=2)
+    assert evaluate_checkpoint(ckpt, EvalOptions(**opts))["compression"] == {"layer": 1, "stride": 2}
+    assert evaluate_checkpoint(ckpt, EvalOptions(compress="none", **opts))["compression"] is None

@@ -42,7 +42,7 @@ class EvalOptions:
     captions: Optional[str] = None  # caption shards: held-out loss
     loss: Optional[str] = None  # any conversation shards: held-out loss
     text: Optional[str] = None  # text file (one passage a line) or text-only shards: perplexity
-    compress: str = "auto"  # auto (the checkpoint's schedule's inference stage) | none | K/S (K of 32 layers)
+    compress: str = "auto"  # auto (the checkpoint's compress.inference) | none | K/S (K of 32 layers)
     max_samples: int = 200  # per set, over all ranks
     batch_size: int = 16  # per rank
     max_new_tokens: int = 16
@@ -130,7 +130,8 @@ def load_for_eval(checkpoint: str | Path, compress: str, dtype: torch.dtype):
     model, tokenizer, config = load_checkpoint(checkpoint, dtype)
     model.to(dist.device()).eval()
     ccfg = from_dict(CompressConfig, config.get("compress") or {}, "compress")
-    ccfg.inference = compress
+    if compress != "auto":  # auto: the checkpoint's own compress.inference (its schedule's setting, or a K/S)
+        ccfg.inference = compress
     stage = eval_stage(ccfg, build_schedule(ccfg), model.runner.num_layers)
     apply_stage(model, stage, impl=ccfg.impl)
     return model, tokenizer, config, stage
