@@ -201,7 +201,7 @@ class TransferConfig:
                                       "data.train_shards)")
     max_texts: int = _f(20000, "texts read for token alignment")
     converter_epochs: int = _f(8, "epochs of the word-embedding converter (200 fit the demo's pairs better but "
-                                 "trained slower after transfer: see README)")
+                                 "trained slower after transfer: see docs/transfer.md)")
     converter_lr: float = _f(5.0, "SGD learning rate of the converter (VPGTrans: 5.0)")
     converter_batch: int = _f(4096, "token pairs per converter step")
     use_converter: bool = _f(True, "initialise the projector's last linear with the converter (False: ablation, a fresh "
