@@ -26,7 +26,8 @@ def write_run(run_dir: Path, layers: list[int], accuracy: float, caption: float,
     correct = round(accuracy * samples)
     loss = {"loss": caption, "perplexity": 2.0 ** caption, "samples": samples, "tokens": 10 * samples}
     ev = {"checkpoint": str(run_dir / "final"), "compression": None, "world_size": 1, "max_samples": samples,
-          "caption": loss, "text": {"loss": 1.0, "perplexity": ppl, "samples": samples, "tokens": 100 * samples},
+          "caption": loss,
+          "text": {"loss": 1.0, "perplexity": ppl, "samples": samples, "tokens": 100 * samples, "skipped_image_samples": 0},
           "vqa": {"accuracy": correct / samples, "correct": correct, "samples": samples, "examples": []},
           "vqa_loss": loss}
     (run_dir / "eval.json").write_text(json.dumps(ev))
