@@ -42,7 +42,7 @@ def test_stages_override_defaults_and_are_validated_early():
     a, b = cfg.stage_configs()
     assert (a.stage_name, a.region.strategy, a.optim.lr) == ("a", "none", 0.5)
     assert (b.stage_name, b.region.strategy) == ("b", "uniform")
-    with pytest.raises(ConfigError, match=r"stage 'x' \(stages.0\).*region.stratgy"):
+    with pytest.raises(ConfigError, match=r"stage 'x': unknown config key 'stages.0.region.stratgy'"):
         load_config(None, ["stages=[{name: x, region: {stratgy: none}}]"])
     with pytest.raises(ConfigError, match="unique"):
         load_config(None, ["stages=[{name: x}, {name: x}]"])

@@ -6,17 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from vregion.config import ConfigError, load_config
+from vregion.config import ConfigError
 from vregion.engine.errors import RunDirectoryError
+from vregion.validate import load_and_validate
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; `--resume` continues
 
 
 def resolve_config_path(name: str) -> Path:
-    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder."""
+    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder.
+
+    Only a *file* shadows a shipped name: a folder called `tiny` in the current directory is not a config.
+    """
     path = Path(name)
-    if path.exists():
+    if path.is_file():
         return path
     import vregion_configs
 
@@ -29,7 +33,7 @@ def resolve_config_path(name: str) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.engine.run import run_training  # heavy imports only once the config is valid
     from vregion.engine.trainer import Preempted
 
@@ -42,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _transfer(args: argparse.Namespace) -> int:
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.transfer import run_transfer
 
     run_transfer(cfg, resume=args.resume)
@@ -74,7 +78,7 @@ def _replicate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     stages = cfg.stage_configs()
     names = [s.stage_name for s in stages]
     stage = stages[-1] if args.stage is None else next((s for s in stages if s.stage_name == args.stage), None)

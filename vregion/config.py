@@ -25,11 +25,29 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help string (mutable defaults are copied per instance)."""
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    """A dataclass field with a help string and optional numeric bounds (ge / gt / le / lt), checked on load.
+
+    Mutable defaults are copied per instance.
+    """
+    metadata = {"help": help, **bounds}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _check_bounds(value: Any, metadata: Any, where: str) -> None:
+    """Refuse a number outside the field's declared range, naming the key and the range."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    rules = [(op, test, metadata[name]) for name, (op, test) in _BOUNDS.items() if name in metadata]
+    if rules and not all(test(value, bound) for _, test, bound in rules):
+        allowed = " and ".join(f"{op} {bound}" for op, _, bound in rules)
+        raise ConfigError(f"{where}: {value!r} is out of range; valid: {allowed}")
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -39,14 +57,14 @@ class VisionConfig:
     path: Optional[str] = _f(None, "local HF folder or hub id of the vision tower; None with `tiny` set")
     tiny: Optional[dict] = _f(None, "random-weight config overrides for tests (e.g. hidden_size: 32)")
     feature_layer: int = _f(-2, "hidden-state index whose patch features feed the projector (LLaVA-1.5: -2)")
-    image_size: Optional[int] = _f(None, "input resolution; None takes the backbone's own")
+    image_size: Optional[int] = _f(None, "input resolution; None takes the backbone's own", ge=1)
 
 
 @dataclass
 class ProjectorConfig:
     type: str = _f("mlp2x_gelu", "projector id: linear | mlp2x_gelu")
     hidden_size: Optional[int] = _f(None, "mlp2x_gelu's inner width (default: the LLM's hidden size); a VPG-"
-                                    "transferred projector keeps its source LLM's width")
+                                    "transferred projector keeps its source LLM's width", ge=1)
 
 
 @dataclass
@@ -54,7 +72,7 @@ class LLMConfig:
     path: Optional[str] = _f(None, "local HF folder, hub id, or .gguf file of a causal LM")
     gguf_file: Optional[str] = _f(None, "GGUF file name inside `path` (when path is a folder or hub id)")
     tiny: Optional[dict] = _f(None, "random-weight config for tests: {family: llama|qwen2|gemma3, ...overrides}")
-    attn_implementation: str = _f("sdpa", "sdpa | eager | flash_attention_2 (needs the `gpu` extra)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = _f("sdpa", "sdpa | eager | flash_attention_2 (needs the `gpu` extra)")
     cache_dir: Optional[str] = _f(None, "where GGUF exports to HF folders are cached (default ~/.cache/vregion)")
 
 
@@ -71,19 +89,19 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------ data
 @dataclass
 class SyntheticDataConfig:
-    num_train: int = _f(0, "if > 0, generate this many synthetic image-caption samples as train shards")
-    num_eval: int = _f(0, "synthetic held-out samples")
-    image_size: int = _f(32, "side of the generated images")
-    samples_per_shard: int = _f(16, "samples per generated tar shard")
+    num_train: int = _f(0, "if > 0, generate this many synthetic image-caption samples as train shards", ge=0)
+    num_eval: int = _f(0, "synthetic held-out samples", ge=0)
+    image_size: int = _f(32, "side of the generated images", ge=1)
+    samples_per_shard: int = _f(16, "samples per generated tar shard", ge=1)
 
 
 @dataclass
 class DataConfig:
     train_shards: Optional[str] = _f(None, "train shards: brace pattern, glob, or folder of .tar files")
     eval_shards: Optional[str] = _f(None, "held-out shards (same forms)")
-    max_length: int = _f(2048, "max tokens per sample; truncation never cuts inside visual tokens")
-    shuffle_buffer: int = _f(1000, "seeded shuffle buffer size in samples (0 disables)")
-    num_workers: int = _f(0, "data-loader worker processes per rank")
+    max_length: int = _f(2048, "max tokens per sample; truncation never cuts inside visual tokens", ge=1)
+    shuffle_buffer: int = _f(1000, "seeded shuffle buffer size in samples (0 disables)", ge=0)
+    num_workers: int = _f(0, "data-loader worker processes per rank", ge=0)
     synthetic: SyntheticDataConfig = _f(SyntheticDataConfig(), "generated data for smoke runs")
 
 
@@ -103,9 +121,9 @@ class CompressConfig:
 # ---------------------------------------------------------------------------------------------- region
 @dataclass
 class LoraConfig:
-    r: int = _f(128, "LoRA rank")
-    alpha: int = _f(256, "LoRA alpha")
-    dropout: float = _f(0.05, "LoRA dropout")
+    r: int = _f(128, "LoRA rank", ge=1)
+    alpha: int = _f(256, "LoRA alpha", ge=1)
+    dropout: float = _f(0.05, "LoRA dropout", ge=0, lt=1)
 
 
 @dataclass
@@ -115,13 +133,13 @@ class RegionConfig:
         "none (projector only) | all (full fine-tuning) | uniform | bottom | top | middle | bottom-top | list | "
         "metric (the most important layers by `metric` from a `scores` file)",
     )
-    count: Optional[int] = _f(None, "number of region layers (overrides fraction)")
-    fraction: float = _f(0.25, "share of decoder layers in the region when count is unset")
+    count: Optional[int] = _f(None, "number of region layers (overrides fraction)", ge=1)
+    fraction: float = _f(0.25, "share of decoder layers in the region when count is unset", gt=0, le=1)
     layers: Optional[list] = _f(None, "explicit 0-based layer indices (strategy: list)")
     scores: Optional[str] = _f(None, "strategy metric: layers.json written by `vregion analyze`")
     metric: str = _f("angular", "strategy metric: the column ranked (angular, bi, bi_multimodal, param_relative, ...)")
     spread: bool = _f(True, "strategy metric: never pick two adjacent layers")
-    mode: str = _f("full", "full (all parameters of region layers) | lora (LoRA on their 7 linears)")
+    mode: Literal["full", "lora"] = _f("full", "full (all parameters of region layers) | lora (LoRA on their 7 linears)")
     lora: LoraConfig = _f(LoraConfig(), "LoRA hyperparameters for mode: lora")
     train_projector: bool = _f(True, "train the projector")
     train_vision: bool = _f(False, "train the vision tower")
@@ -129,45 +147,60 @@ class RegionConfig:
     train_norms: bool = _f(False, "train the LLM's norms (region layers' norms follow the region in full mode)")
     train_lm_head: bool = _f(False, "train the output head")
 
+    def check(self, where: str) -> None:
+        """Explicit layer indices are distinct non-negative integers (the upper bound needs the model)."""
+        layers = self.layers or []
+        bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad or len(set(layers)) != len(layers):
+            raise ConfigError(f"{_join(where, 'layers')}: {self.layers!r} is not valid; "
+                              "valid: distinct 0-based layer indices")
+
 
 # ----------------------------------------------------------------------------------------------- optim
 @dataclass
 class OptimConfig:
-    lr: float = _f(2e-5, "peak learning rate of the LLM region (and other trainable LLM parts)")
-    projector_lr: Optional[float] = _f(None, "peak learning rate of the projector (default: lr)")
-    weight_decay: float = _f(0.0, "AdamW weight decay (never applied to norms and biases)")
+    lr: float = _f(2e-5, "peak learning rate of the LLM region (and other trainable LLM parts)", ge=0)
+    projector_lr: Optional[float] = _f(None, "peak learning rate of the projector (default: lr)", ge=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay (never applied to norms and biases)", ge=0)
     betas: list = _f([0.9, 0.999], "AdamW betas")
-    eps: float = _f(1e-8, "AdamW epsilon")
-    schedule: str = _f("cosine", "cosine | constant")
-    warmup_ratio: float = _f(0.03, "share of steps with linear warmup")
-    min_lr_ratio: float = _f(0.0, "cosine floor as a share of the peak")
-    grad_clip: float = _f(1.0, "max global gradient norm (0 disables)")
+    eps: float = _f(1e-8, "AdamW epsilon", gt=0)
+    schedule: Literal["cosine", "constant"] = _f("cosine", "cosine | constant")
+    warmup_ratio: float = _f(0.03, "share of steps with linear warmup", ge=0, le=1)
+    min_lr_ratio: float = _f(0.0, "cosine floor as a share of the peak", ge=0, le=1)
+    grad_clip: float = _f(1.0, "max global gradient norm (0 disables)", ge=0)
+
+    def check(self, where: str) -> None:
+        """AdamW needs two betas in [0, 1)."""
+        ok = len(self.betas) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)
+        if not ok:
+            raise ConfigError(f"{_join(where, 'betas')}: {self.betas!r} is not valid; valid: two numbers in [0, 1)")
 
 
 # ------------------------------------------------------------------------------------------- deepspeed
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: int = _f(2, "ZeRO stage: 0 | 1 | 2 | 3")
+    zero_stage: Literal[0, 1, 2, 3] = _f(2, "ZeRO stage: 0 | 1 | 2 | 3")
     offload_optimizer: bool = _f(False, "keep optimizer state in CPU memory (ZeRO-Offload)")
     offload_params: bool = _f(False, "keep parameters in CPU memory (ZeRO-3 only)")
-    precision: str = _f("bf16", "bf16 | fp16 | fp32")
+    precision: Literal["bf16", "fp16", "fp32"] = _f("bf16", "bf16 | fp16 | fp32")
     extra: dict = _f({}, "raw DeepSpeed config entries merged last (expert escape hatch)")
 
 
 # ----------------------------------------------------------------------------------------------- train
 @dataclass
 class TrainConfig:
-    micro_batch_size: int = _f(4, "samples per rank per forward")
-    grad_accum: int = _f(1, "micro-batches per optimizer step (derived when global_batch_size is set)")
-    global_batch_size: Optional[int] = _f(None, "samples per optimizer step over all ranks; sets grad_accum")
-    max_steps: Optional[int] = _f(None, "optimizer steps in this stage (overrides epochs)")
-    epochs: float = _f(1.0, "passes over the train shards (needs the shards' index.json sample counts)")
-    save_every: int = _f(0, "checkpoint every N optimizer steps (0: only at the end)")
-    keep_checkpoints: int = _f(2, "resumable checkpoints kept (oldest deleted first)")
-    log_every: int = _f(1, "metrics.jsonl / wandb logging interval in optimizer steps")
-    eval_every: int = _f(0, "held-out loss at step 0 and every N steps (0: only at the end, if eval shards are set)")
-    eval_batches: int = _f(8, "held-out batches per evaluation")
-    max_nonfinite: int = _f(20, "micro-batches with a NaN/inf loss skipped before the run aborts")
+    micro_batch_size: int = _f(4, "samples per rank per forward", ge=1)
+    grad_accum: int = _f(1, "micro-batches per optimizer step (derived when global_batch_size is set)", ge=1)
+    global_batch_size: Optional[int] = _f(None, "samples per optimizer step over all ranks; sets grad_accum", ge=1)
+    max_steps: Optional[int] = _f(None, "optimizer steps in this stage (overrides epochs)", ge=1)
+    epochs: float = _f(1.0, "passes over the train shards (needs the shards' index.json sample counts)", gt=0)
+    save_every: int = _f(0, "checkpoint every N optimizer steps (0: only at the end)", ge=0)
+    keep_checkpoints: int = _f(2, "resumable checkpoints kept (oldest deleted first; 0 keeps all)", ge=0)
+    log_every: int = _f(1, "metrics.jsonl / wandb logging interval in optimizer steps", ge=1)
+    eval_every: int = _f(0, "held-out loss at step 0 and every N steps (0: only at the end, if eval shards are set)", ge=0)
+    eval_batches: int = _f(8, "held-out batches per evaluation", ge=1)
+    max_nonfinite: int = _f(20, "micro-batches with a NaN/inf loss skipped before the run aborts", ge=0)
 
 
 @dataclass
@@ -186,10 +219,10 @@ class EvalConfig:
     vqa_shards: Optional[str] = _f(None, "short-answer VQA shards scored by generation exact match")
     caption_shards: Optional[str] = _f(None, "caption shards scored by held-out loss")
     before_after: bool = _f(False, "evaluate the starting model and the final one, and print both")
-    max_samples: int = _f(200, "samples per evaluation set")
-    batch_size: int = _f(16, "evaluation batch size")
-    max_new_tokens: int = _f(16, "generation budget per answer")
-    num_examples: int = _f(4, "example answers printed per evaluation")
+    max_samples: int = _f(200, "samples per evaluation set", ge=1)
+    batch_size: int = _f(16, "evaluation batch size", ge=1)
+    max_new_tokens: int = _f(16, "generation budget per answer", ge=1)
+    num_examples: int = _f(4, "example answers printed per evaluation", ge=0)
     in_training: bool = _f(False, "also score VQA accuracy (eval.vqa_shards) at every held-out evaluation during "
                                   "training: an accuracy curve in metrics.jsonl, at the cost of generation")
 
@@ -199,21 +232,21 @@ class TransferConfig:
     source: Optional[str] = _f(None, "vregion checkpoint whose vision tower + projector (the VPG) are transferred")
     corpus_shards: Optional[str] = _f(None, "shards whose conversation text aligns the two tokenizers (default: "
                                       "data.train_shards)")
-    max_texts: int = _f(20000, "texts read for token alignment")
+    max_texts: int = _f(20000, "texts read for token alignment", ge=1)
     converter_epochs: int = _f(8, "epochs of the word-embedding converter (200 fit the demo's pairs better but "
-                                 "trained slower after transfer: see docs/transfer.md)")
-    converter_lr: float = _f(5.0, "SGD learning rate of the converter (VPGTrans: 5.0)")
-    converter_batch: int = _f(4096, "token pairs per converter step")
+                                 "trained slower after transfer: see docs/transfer.md)", ge=0)
+    converter_lr: float = _f(5.0, "SGD learning rate of the converter (VPGTrans: 5.0)", gt=0)
+    converter_batch: int = _f(4096, "token pairs per converter step", ge=1)
     use_converter: bool = _f(True, "initialise the projector's last linear with the converter (False: ablation, a fresh "
                                     "last linear)")
-    warmup_lr_scale: float = _f(5.0, "projector warm-up lr = this x optim.projector_lr, constant, no warmup")
-    warmup_epochs: float = _f(1.0, "projector-only warm-up length in epochs (or set warmup_steps)")
-    warmup_steps: Optional[int] = _f(None, "projector-only warm-up length in optimizer steps")
+    warmup_lr_scale: float = _f(5.0, "projector warm-up lr = this x optim.projector_lr, constant, no warmup", gt=0)
+    warmup_epochs: float = _f(1.0, "projector-only warm-up length in epochs (or set warmup_steps)", gt=0)
+    warmup_steps: Optional[int] = _f(None, "projector-only warm-up length in optimizer steps", ge=1)
 
 
 @dataclass
 class WandbConfig:
-    mode: str = _f("offline", "offline | online | disabled")
+    mode: Literal["offline", "online", "disabled"] = _f("offline", "offline | online | disabled")
     project: str = _f("vregion", "wandb project")
     entity: Optional[str] = _f(None, "wandb entity")
 
@@ -240,7 +273,11 @@ class Config:
     stages: list = _f([], "ordered stages (list of StageConfig); empty: one stage from the top-level sections")
 
     def stage_configs(self) -> list["Config"]:
-        """One fully resolved Config per stage, each with a single stage and its overrides applied."""
+        """One fully resolved Config per stage, each with a single stage and its overrides applied.
+
+        A stage's bad value is reported under its own key (`stages.1.region.strategy`): the top-level
+        sections were checked when the Config was built, so an error here comes from the stage's overrides.
+        """
         stages = [from_dict(StageConfig, s, "stages.%d" % i) for i, s in enumerate(self.stages)]
         if not stages:
             stages = [StageConfig()]
@@ -251,21 +288,39 @@ class Config:
         for i, stage in enumerate(stages):
             base = to_dict(self)
             base["stages"] = [to_dict(stage)]
-            for section in ("region", "optim", "train", "data", "deepspeed", "compress"):
+            for section in STAGE_SECTIONS:
                 if getattr(stage, section):
                     base[section] = _deep_merge(base[section], getattr(stage, section))
-            try:
-                resolved.append(from_dict(Config, base, ""))
-            except ConfigError as e:
-                raise ConfigError(f"stage '{stage.name}' (stages.{i}): {e}") from None
+                    try:
+                        from_dict(type(getattr(self, section)), base[section], f"stages.{i}.{section}")
+                    except ConfigError as e:
+                        raise ConfigError(f"stage '{stage.name}': {e}") from None
+            resolved.append(from_dict(Config, base, ""))
         return resolved
+
+    def stage_key(self, index: int, key: str) -> str:
+        """Where stage `index`'s value of dotted `key` comes from: `stages.N.key` if the stage sets it, else `key`."""
+        node: Any = self.stages[index] if index < len(self.stages) else {}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return key
+            node = node[part]
+        return f"stages.{index}.{key}"
 
     @property
     def stage_name(self) -> str:
         return self.stages[0]["name"] if self.stages else "train"
 
 
+# Sections a stage may override.
+STAGE_SECTIONS = ("region", "optim", "train", "data", "deepspeed", "compress")
+
+
 # ------------------------------------------------------------------------------------------- machinery
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
 def _deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -297,8 +352,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        choices = typing.get_args(tp)
+        if not any(value == c and type(value) is type(c) for c in choices):  # True is not 1, "2" is not 2
+            raise ConfigError(f"{where}: {value!r} is not valid; valid: {' | '.join(map(str, choices))}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -331,7 +387,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    valid = list(fields)
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -343,7 +400,12 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
                 f"unknown config key '{path}'{hint}; valid keys in {section}: {', '.join(valid)}"
             )
         kwargs[key] = _coerce(hints[key], value, path)
-    return cls(**kwargs)
+        _check_bounds(kwargs[key], fields[key].metadata, path)
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:  # cross-field rules of the section
+        check(where)
+    return obj
 
 
 def to_dict(obj: Any) -> Any:
@@ -359,20 +421,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _list_index(node: list, key: str, where: str) -> int:
+    """The list position `key` names, or a ConfigError saying which indices exist."""
+    have = f"{len(node)} entries" + (f" ({where}.0 .. {where}.{len(node) - 1})" if node else "")
+    if not key.isdigit():
+        raise ConfigError(f"{_join(where, key)}: {where} is a list, so '{key}' must be an index; it has {have}")
+    if int(key) >= len(node):
+        raise ConfigError(f"{_join(where, key)}: index out of range; {where} has {have}")
+    return int(key)
+
+
 def apply_override(data: dict, keys: list[str], value: Any) -> None:
-    """Set a dotted key in a nested dict; list entries are addressed by index (stages.1.optim.lr)."""
+    """Set a dotted key in a nested dict; list entries are addressed by index (stages.1.optim.lr).
+
+    Raises:
+        ConfigError: a list index that is not a number or not in the list (naming how many entries exist),
+            or a key below a plain value (`optim.lr.x`).
+    """
     node: Any = data
-    for k in keys[:-1]:
+    where = ""
+    for pos, k in enumerate(keys):
+        last = pos == len(keys) - 1
         if isinstance(node, list):
-            node = node[int(k)]
+            k = _list_index(node, k, where)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(keys)}: {where} is a value ({node!r}), not a section with keys")
+        elif not last and node.get(k) is None:
+            if keys[pos + 1].isdigit():  # e.g. stages.0.x in a config without stages
+                raise ConfigError(f"{_join(_join(where, k), keys[pos + 1])}: index out of range; "
+                                  f"{_join(where, k)} has 0 entries")
+            node[k] = {}
+        if last:
+            node[k] = value
         else:
-            if node.get(k) is None:
-                node[k] = {}
             node = node[k]
-    if isinstance(node, list):
-        node[int(keys[-1])] = value
-    else:
-        node[keys[-1]] = value
+            where = _join(where, str(k))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -7,6 +7,7 @@ Trainability is data: `trainable_names` decides from names and the config which 
 from __future__ import annotations
 
 import logging
+import typing
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -20,11 +21,11 @@ from vregion.region.names import (
     layer_index_of,
     norm_param_names,
 )
-from vregion.region.select import select_layers
+from vregion.region.select import STRATEGIES, select_layers
 
 log = logging.getLogger(__name__)
 
-MODES = ("full", "lora")
+MODES = typing.get_args(typing.get_type_hints(RegionConfig)["mode"])  # the config's Literal: one list of modes
 # Plan groups: `region` = decoder layers in the region, `layers` = the other decoder layers.
 PLAN_COMPONENTS = ("vision", "projector", "region", "layers", "embeddings", "norm", "lm_head", "other")
 
@@ -108,6 +109,10 @@ def set_trainable(model: nn.Module, names: set[str]) -> None:
         raise ValueError(f"not parameters of the model: {unknown[:5]}")
     for name, p in model.named_parameters():
         p.requires_grad_(name in names)
+
+
+# What region.strategy accepts: select_layers' rules, plus `metric` (ranked layers of an analysis table).
+REGION_STRATEGIES = (*STRATEGIES, "metric")
 
 
 def region_layers_for(cfg: RegionConfig, num_layers: int) -> list[int]:

@@ -29,7 +29,8 @@ from typing import Optional
 import yaml
 
 from vregion.compress.schedule import PRESETS
-from vregion.config import ConfigError, load_config, to_dict
+from vregion.config import ConfigError, to_dict
+from vregion.validate import load_and_validate
 from vregion.region.select import resolve_count
 from vregion.replicate.conclusions import conclusions
 from vregion.replicate.passages import write_passages
@@ -88,7 +89,7 @@ def prepare(out: Path, config: str, overrides: list[str], steps: Optional[int], 
     from vregion.assets import resolve_asset
     from vregion.cli import resolve_config_path
 
-    cfg = load_config(resolve_config_path(config), overrides)
+    cfg = load_and_validate(resolve_config_path(config), overrides)
     stages = cfg.stage_configs()
     if len(stages) < 2:
         raise ConfigError(f"{config}: replicate needs an align stage and a region stage (like configs/demo.yaml)")
