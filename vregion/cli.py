@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vregion.config import ConfigError, load_config
-from vregion.engine.errors import RunDirectoryError
+from vregion.errors import RunDirectoryError
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; `--resume` continues
@@ -396,7 +396,7 @@ def run() -> None:
     """
     code = main()
     # Only commands that set up torch.distributed imported this module; the others stay free of torch.
-    distributed = sys.modules.get("vregion.engine.distributed")
+    distributed = sys.modules.get("vregion.distributed")
     if distributed is not None:
         distributed.shutdown(wait_for_peers=code == 0)  # a failed rank must not wait for the others
     sys.exit(code)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from vregion.config import Config, save_config
-from vregion.engine import distributed as dist
-from vregion.engine.errors import RunDirectoryError
+from vregion import distributed as dist
+from vregion.errors import RunDirectoryError
 from vregion.engine.trainer import FINAL, StageTrainer
 
 

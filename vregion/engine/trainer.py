@@ -18,7 +18,7 @@ from vregion.compress import apply_stage, build_schedule, eval_stage, stage_at
 from vregion.config import Config, to_dict
 from vregion.data import consumed_samples
 from vregion.engine import checkpoint
-from vregion.engine import distributed as dist
+from vregion import distributed as dist
 from vregion.engine.ds_config import build_ds_config, grad_accum_steps
 from vregion.engine.evaluate import held_out_accuracy, held_out_loss
 from vregion.engine.inputs import StageData, model_inputs

@@ -26,7 +26,7 @@ from vregion.config import CompressConfig, ConfigError, EvalConfig, from_dict
 from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
 from vregion.data.decode import SampleDecoder
 from vregion.data.stream import rank_stream
-from vregion.engine import distributed as dist
+from vregion import distributed as dist
 from vregion.eval.loss import loss_result, mean_loss
 from vregion.eval.report import evaluate_model
 from vregion.eval.text import is_text_file, read_passages, text_batches
