@@ -6,26 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from vregion.config import ConfigError, load_config
+from vregion.config import ConfigError, load_config, resolve_config_path
 from vregion.errors import RunDirectoryError
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; `--resume` continues
-
-
-def resolve_config_path(name: str) -> Path:
-    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder."""
-    path = Path(name)
-    if path.exists():
-        return path
-    import vregion_configs
-
-    file_name = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
-    shipped = Path(vregion_configs.__file__).parent / file_name
-    if path.parent == Path(".") and shipped.exists():
-        return shipped
-    available = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
-    raise ConfigError(f"config {name!r} not found (shipped configs: {', '.join(available)})")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -375,6 +375,21 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
         node[keys[-1]] = value
 
 
+def resolve_config_path(name: str) -> Path:
+    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder."""
+    path = Path(name)
+    if path.exists():
+        return path
+    import vregion_configs
+
+    file_name = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
+    shipped = Path(vregion_configs.__file__).parent / file_name
+    if path.parent == Path(".") and shipped.exists():
+        return shipped
+    available = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+    raise ConfigError(f"config {name!r} not found (shipped configs: {', '.join(available)})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when path is None) and apply dotted overrides."""
     data: dict = {}
