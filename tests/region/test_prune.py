@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from vregion.models.checkpoint import load_checkpoint
+from vregion.models.vlm import load_checkpoint
 from vregion.region.analyze import region_layers
 from vregion.region.prune import prune_layers, pruned_config, renumber, save_pruned_checkpoint
 

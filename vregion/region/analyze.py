@@ -25,7 +25,8 @@ from vregion.eval import evaluate_model
 from vregion.eval.generation import left_padded, split_prompts
 from vregion.eval.loss import to_model
 from vregion.eval.report import eval_batches
-from vregion.models.checkpoint import MODEL_FILE, load_checkpoint, read_config, read_state_dict, stored_names
+from vregion.models.checkpoint import MODEL_FILE, read_config, read_state_dict, stored_names
+from vregion.models.vlm import load_checkpoint
 from vregion.region.metrics import LayerStats, add_parameter_change, layer_metrics, parameter_change
 from vregion.region.names import layer_index_of
 from vregion.region.prune import prune_layers, save_pruned_checkpoint
