@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from vregion.config import RegionConfig
+from vregion.config import RegionConfig, from_dict
 from vregion.region.lora import ADAPTER_NAME, inject_lora, lora_layers, lora_module_names
 from vregion.region.names import (
     component_of,
@@ -128,6 +128,14 @@ def region_layers_for(cfg: RegionConfig, num_layers: int) -> list[int]:
     if len(scores) != num_layers:
         raise ValueError(f"{cfg.scores} scores {len(scores)} layers, the model has {num_layers}")
     return rank_layers(scores, resolve_count(num_layers, cfg.count, cfg.fraction), spread=cfg.spread)
+
+
+def region_layers(config_dict: dict, num_layers: int) -> list[int]:
+    """A saved checkpoint's region layers, from its config's `region` section ([] when it has none)."""
+    region = config_dict.get("region") or {}
+    if not region:
+        return []
+    return region_layers_for(from_dict(RegionConfig, region, "region"), num_layers)
 
 
 def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:

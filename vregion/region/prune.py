@@ -20,6 +20,7 @@ from torch import nn
 
 from vregion.models.checkpoint import save_checkpoint
 from vregion.models.runner import DecoderRunner, _unwrap
+from vregion.region.apply import region_layers
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def export_llm_config(model: nn.Module, tokenizer: Any, path: str | Path) -> Pat
 
 def pruned_config(config_dict: dict, drop: Sequence[int], num_layers: int) -> dict:
     """The checkpoint config after pruning: LLM from the checkpoint's `llm/`, region renumbered as a list."""
-    from vregion.region.analyze import region_layers
-
     out = copy.deepcopy(config_dict)
     llm = out.setdefault("model", {}).setdefault("llm", {})
     # Relative: load_checkpoint resolves it inside the checkpoint, so the folder can move.
