@@ -39,7 +39,8 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22"],  # skimage: bundled test photos
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22",  # skimage: bundled test photos
+                 "import-linter>=2.0"],  # tests/test_architecture.py: the .importlinter layers contract
     },
     entry_points={"console_scripts": ["vregion=vregion.cli:run"]},
 )

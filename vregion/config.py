@@ -253,7 +253,7 @@ class Config:
             base["stages"] = [to_dict(stage)]
             for section in ("region", "optim", "train", "data", "deepspeed", "compress"):
                 if getattr(stage, section):
-                    base[section] = _deep_merge(base[section], getattr(stage, section))
+                    base[section] = deep_merge(base[section], getattr(stage, section))
             try:
                 resolved.append(from_dict(Config, base, ""))
             except ConfigError as e:
@@ -266,11 +266,12 @@ class Config:
 
 
 # ------------------------------------------------------------------------------------------- machinery
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` with `over` merged in, recursively for nested dicts (copies; neither argument is changed)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out

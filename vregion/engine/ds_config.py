@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vregion.config import Config, TrainConfig, _deep_merge
+from vregion.config import Config, TrainConfig, deep_merge
 
 
 def grad_accum_steps(train: TrainConfig, world_size: int) -> int:
@@ -51,4 +51,4 @@ def build_ds_config(cfg: Config, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
-    return _deep_merge(config, ds.extra)
+    return deep_merge(config, ds.extra)

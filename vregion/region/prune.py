@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from vregion.models.checkpoint import save_checkpoint
-from vregion.models.runner import DecoderRunner, _unwrap
+from vregion.models.runner import DecoderRunner, unwrap_peft
 from vregion.region.apply import region_layers
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def prune_layers(model: nn.Module, drop: Sequence[int]) -> list[int]:
     Returns:
         The old indices of the kept layers (new index i was old index result[i]).
     """
-    llm = _unwrap(model.llm)
+    llm = unwrap_peft(model.llm)
     base, config = llm.model, llm.config
     num_layers = len(base.layers)
     kept = kept_layers(num_layers, list(drop))
@@ -89,7 +89,7 @@ def export_llm_config(model: nn.Module, tokenizer: Any, path: str | Path) -> Pat
     `AutoConfig` / `AutoTokenizer` load it; the weights live in the checkpoint's model.safetensors only.
     """
     path = Path(path)
-    llm = _unwrap(model.llm)
+    llm = unwrap_peft(model.llm)
     config = copy.deepcopy(llm.config)
     config.architectures = [type(llm).__name__]
     config.save_pretrained(str(path))
