@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vregion.config import Config, save_config
 from vregion import distributed as dist
+from vregion.config import Config, save_config
 from vregion.errors import RunDirectoryError
 from vregion.engine.trainer import FINAL, StageTrainer
 

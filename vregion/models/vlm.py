@@ -16,13 +16,12 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from vregion.config import ModelConfig, from_dict
+from vregion.constants import IGNORE_INDEX
 from vregion.models.backbones import VisionBackbone, build_vision_backbone
 from vregion.models.checkpoint import TOKENIZER_DIR, inside_checkpoint, load_weights, read_config
 from vregion.models.llm import build_llm
 from vregion.models.projectors import build_projector
 from vregion.models.runner import DecoderRunner
-
-IGNORE_INDEX = -100
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

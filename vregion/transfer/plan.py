@@ -17,8 +17,8 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from vregion.config import Config, ConfigError, ProjectorConfig, VisionConfig, from_dict, to_dict
 from vregion import distributed as dist
+from vregion.config import Config, ConfigError, ProjectorConfig, VisionConfig, from_dict, to_dict
 from vregion.errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
