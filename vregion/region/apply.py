@@ -15,10 +15,10 @@ from vregion.config import RegionConfig, from_dict
 from vregion.region.lora import ADAPTER_NAME, inject_lora, lora_layers, lora_module_names
 from vregion.region.names import (
     component_of,
-    decoder_layers,
     is_lora_param,
     layer_index_of,
     norm_param_names,
+    vlm_decoder_layers,
 )
 from vregion.region.select import select_layers
 
@@ -158,7 +158,7 @@ def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
     """
     if cfg.mode not in MODES:
         raise ValueError(f"unknown region mode {cfg.mode!r}; valid modes: {', '.join(MODES)}")
-    num_layers = len(decoder_layers(model))
+    num_layers = len(vlm_decoder_layers(model))
     layers = region_layers_for(cfg, num_layers)
     existing = lora_layers(model)
     if existing:
