@@ -8,6 +8,7 @@ Submodule names are a contract (region selection, freezing, checkpoints and tran
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
