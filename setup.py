@@ -18,7 +18,7 @@ setup(
     # package of that name, which transformers probes at import time.
     packages=find_packages(include=["vregion", "vregion.*"]) + ["vregion_kernels", "vregion_configs"],
     package_dir={"vregion_kernels": "kernels", "vregion_configs": "configs"},
-    package_data={"vregion_configs": ["*.yaml", "deepspeed/*.json"]},
+    package_data={"vregion_configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.15",
@@ -32,14 +32,14 @@ setup(
         "pillow>=10.0",
         "numpy>=1.24",
         "tqdm>=4.66",
-        "rich>=13.0",
         "gguf>=0.10",
         "matplotlib>=3.8",
         "sentencepiece>=0.2",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22"],  # skimage: bundled test photos
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22",  # skimage: bundled test photos
+                 "import-linter>=2.0"],  # tests/test_architecture.py: the .importlinter layers contract
     },
     entry_points={"console_scripts": ["vregion=vregion.cli:run"]},
 )

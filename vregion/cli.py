@@ -6,32 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from vregion.config import ConfigError
-from vregion.engine.errors import RunDirectoryError
+from vregion.config import ConfigError, resolve_config_path
+from vregion.errors import RunDirectoryError
 from vregion.validate import load_and_validate
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; `--resume` continues
 
 
-def resolve_config_path(name: str) -> Path:
-    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder.
-
-    Only a *file* shadows a shipped name: a folder called `tiny` in the current directory is not a config.
-    """
-    path = Path(name)
-    if path.is_file():
-        return path
-    import vregion_configs
-
-    file_name = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
-    shipped = Path(vregion_configs.__file__).parent / file_name
-    if path.parent == Path(".") and shipped.exists():
-        return shipped
-    available = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
-    raise ConfigError(f"config {name!r} not found (shipped configs: {', '.join(available)})")
-
-
+from vregion.config import ConfigError, resolve_config_path
+from vregion.errors import RunDirectoryError
+from vregion.validate import load_and_validate
 def _train(args: argparse.Namespace) -> int:
     cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.engine.run import run_training  # heavy imports only once the config is valid
@@ -401,7 +386,7 @@ def run() -> None:
     """
     code = main()
     # Only commands that set up torch.distributed imported this module; the others stay free of torch.
-    distributed = sys.modules.get("vregion.engine.distributed")
+    distributed = sys.modules.get("vregion.distributed")
     if distributed is not None:
         distributed.shutdown(wait_for_peers=code == 0)  # a failed rank must not wait for the others
     sys.exit(code)

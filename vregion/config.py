@@ -290,7 +290,7 @@ class Config:
             base["stages"] = [to_dict(stage)]
             for section in STAGE_SECTIONS:
                 if getattr(stage, section):
-                    base[section] = _deep_merge(base[section], getattr(stage, section))
+                    base[section] = deep_merge(base[section], getattr(stage, section))
                     try:
                         from_dict(type(getattr(self, section)), base[section], f"stages.{i}.{section}")
                     except ConfigError as e:
@@ -321,11 +321,12 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """`base` with `over` merged in, recursively for nested dicts (copies; neither argument is changed)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+            out[k] = deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -456,6 +457,24 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
         else:
             node = node[k]
             where = _join(where, str(k))
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config file path, or the name of a shipped config (`tiny`, `demo`, ...) usable from any folder.
+
+    Only a *file* shadows a shipped name: a folder called `tiny` in the current directory is not a config.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    import vregion_configs
+
+    file_name = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
+    shipped = Path(vregion_configs.__file__).parent / file_name
+    if path.parent == Path(".") and shipped.exists():
+        return shipped
+    available = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+    raise ConfigError(f"config {name!r} not found (shipped configs: {', '.join(available)})")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

@@ -167,7 +167,8 @@ def test_bunny_plans_offline_from_built_in_hub_shapes(monkeypatch, capsys):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-    from vregion.cli import main, resolve_config_path
+    from vregion.cli import main
+    from vregion.config import resolve_config_path
     from vregion.engine.plan import KNOWN_VISION
 
     def no_network(*args, **kwargs):

@@ -10,13 +10,12 @@ from safetensors import safe_open
 from vregion.config import Config, to_dict
 from vregion.models.checkpoint import (
     MODEL_FILE,
-    load_checkpoint,
     load_weights,
     read_state_dict,
     save_checkpoint,
     save_state_dict,
 )
-from vregion.models.vlm import build_vlm
+from vregion.models.vlm import build_vlm, load_checkpoint
 
 from .tiny import tiny_model_config
 

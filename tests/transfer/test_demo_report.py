@@ -62,8 +62,7 @@ def test_a_scratch_accuracy_of_zero_sets_no_accuracy_target(tmp_path):
 def test_control_run_has_the_transfer_schedule_on_a_fresh_projector():
     """scratch-5x-lr resolves to the warm-up `vregion transfer` would run (5x the projector lr, constant, no lr
     warmup, projector only), then the config's own training at its normal lr."""
-    from vregion.cli import resolve_config_path
-    from vregion.config import load_config
+    from vregion.config import load_config, resolve_config_path
     from vregion.transfer.demo import TARGET_CONFIG, control_stages
     from vregion.transfer.plan import transfer_config
 

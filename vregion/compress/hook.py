@@ -6,9 +6,9 @@ Layers < K see all visual tokens, layers >= K see ceil(L / S) per image. The hoo
 `state.extras["labels"]` and `["image_spans"]` aligned, so `VisionLanguageModel.forward`'s loss uses the
 pooled labels. Other per-token extras are not touched.
 
-Only the runner's forward is compressed: `VisionLanguageModel.generate` runs Hugging Face `generate` on
-the LLM directly and ignores the hook, so generation is uncompressed (an inference stage such as
-last-stage-compression's 16/4 is not applied there yet).
+Generation is compressed too: with the hook installed, `VisionLanguageModel.generate` decodes through the
+runner without a KV cache, so every step sees the pooled sequence training saw (evaluation applies the
+checkpoint's inference stage, e.g. last-stage-compression's 16/4, to loss and generation alike).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import torch
 
-IGNORE_INDEX = -100
+from vregion.constants import IGNORE_INDEX
 
 PoolRowsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

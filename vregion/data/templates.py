@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vregion.constants import IGNORE_INDEX
+
 from .errors import (
     IMAGE_COUNT_MISMATCH,
     MALFORMED,
@@ -18,7 +20,6 @@ from .errors import (
     SampleError,
 )
 
-IGNORE_INDEX = -100
 IMAGE_TAG = "<image>"
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 

@@ -1,1 +1,1 @@
-"""Training engine: DeepSpeed set-up, the training loop, checkpoints and metrics (owns all distribution)."""
+"""Training engine: DeepSpeed set-up, the training loop, checkpoints and metrics (process groups: vregion.distributed)."""

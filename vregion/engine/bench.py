@@ -39,7 +39,7 @@ from vregion.compress import (
 from vregion.compress.schedule import REFERENCE_LAYERS, Schedule
 from vregion.config import Config
 from vregion.engine import bench_probe, bench_report, plan
-from vregion.engine import distributed as dist
+from vregion import distributed as dist
 from vregion.engine.bench_report import Projection, StepTiming
 from vregion.engine.ds_config import build_ds_config, grad_accum_steps
 from vregion.engine.inputs import StageData, model_inputs

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vregion.engine import distributed as dist
+from vregion import distributed as dist
 
 COMPLETE = "COMPLETE"
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from vregion.config import Config, load_config, to_dict
+from vregion.constants import DTYPES as PRECISION_DTYPES
 from vregion.engine import checkpoint
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {name: PRECISION_DTYPES[name] for name in ("fp32", "bf16")}  # what `vregion convert --dtype` offers
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:

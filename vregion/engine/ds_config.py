@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vregion.config import Config, TrainConfig, _deep_merge
+from vregion.config import Config, TrainConfig, deep_merge
+from vregion.constants import DTYPES
 
 
 def grad_accum_steps(train: TrainConfig, world_size: int) -> int:
@@ -24,7 +25,7 @@ def build_ds_config(cfg: Config, world_size: int) -> dict:
     accum = grad_accum_steps(train, world_size)
     if ds.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
-    if ds.precision not in ("bf16", "fp16", "fp32"):
+    if ds.precision not in DTYPES:
         raise ValueError(f"deepspeed.precision must be bf16, fp16 or fp32, got {ds.precision!r}")
     if ds.offload_params and ds.zero_stage != 3:
         raise ValueError("deepspeed.offload_params needs zero_stage 3")
@@ -51,4 +52,4 @@ def build_ds_config(cfg: Config, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
-    return _deep_merge(config, ds.extra)
+    return deep_merge(config, ds.extra)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vregion.engine import distributed as dist
+from vregion import distributed as dist
 from vregion.engine.inputs import model_inputs
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from vregion import distributed as dist
 from vregion.config import Config
 from vregion.data import ImageProcessor, build_loader, count_samples
 from vregion.data.collate import batch_to
-from vregion.engine import distributed as dist
 
 def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """The forward's arguments for a batch on `device`; the loss is all training needs, not the logits."""

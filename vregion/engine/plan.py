@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vregion.compress.schedule import scale_layer
-from vregion.config import Config, DeepSpeedConfig, RegionConfig, _deep_merge, from_dict, to_dict
+from vregion.config import Config, DeepSpeedConfig, RegionConfig, deep_merge as _deep_merge, from_dict, to_dict
 from vregion.engine.plan_shapes import (  # noqa: F401 (the shapes are part of the plan's interface)
     CLIP_L336,
     KNOWN_LLMS,

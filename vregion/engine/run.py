@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vregion import distributed as dist
 from vregion.config import Config, save_config
-from vregion.engine import distributed as dist
-from vregion.engine.errors import RunDirectoryError
+from vregion.errors import RunDirectoryError
 from vregion.engine.trainer import FINAL, StageTrainer
 
 

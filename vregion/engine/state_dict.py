@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vregion.engine import distributed as dist
+from vregion import distributed as dist
 
 
 def gather_state_dict(engine) -> dict[str, torch.Tensor] | None:

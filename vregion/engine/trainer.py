@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vregion import distributed as dist
 from vregion.compress import apply_stage, build_schedule, eval_stage, stage_at
 from vregion.config import Config, to_dict
+from vregion.constants import DTYPES
 from vregion.data import consumed_samples
 from vregion.engine import checkpoint
-from vregion.engine import distributed as dist
 from vregion.engine.ds_config import build_ds_config, grad_accum_steps
 from vregion.engine.evaluate import held_out_accuracy, held_out_loss
 from vregion.engine.inputs import StageData, model_inputs
@@ -54,7 +55,7 @@ def seed_everything(seed: int) -> None:
 
 
 def model_dtype(cfg: Config) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.deepspeed.precision]
+    return DTYPES[cfg.deepspeed.precision]
 
 
 def total_steps(cfg: Config, data: StageData, world_size: int) -> int:

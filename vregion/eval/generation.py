@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from vregion.constants import IGNORE_INDEX
 from vregion.eval.answers import normalize_answer
 from vregion.eval.loss import to_model
-
-IGNORE = -100
 
 
 def split_prompts(batch: dict, tokenizer) -> list[dict]:
@@ -19,7 +18,7 @@ def split_prompts(batch: dict, tokenizer) -> list[dict]:
     items = []
     for b in range(batch["input_ids"].shape[0]):
         labels = batch["labels"][b]
-        supervised = (labels != IGNORE).nonzero().flatten()
+        supervised = (labels != IGNORE_INDEX).nonzero().flatten()
         if supervised.numel() == 0:
             continue
         cut = int(supervised[0])

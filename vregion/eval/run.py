@@ -22,16 +22,15 @@ from typing import Iterable, Iterator, Optional
 import torch
 from tqdm import tqdm
 
+from vregion import distributed as dist
 from vregion.config import CompressConfig, ConfigError, EvalConfig, from_dict
+from vregion.constants import DTYPES
 from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
 from vregion.data.decode import SampleDecoder
 from vregion.data.stream import rank_stream
-from vregion.engine import distributed as dist
 from vregion.eval.loss import loss_result, mean_loss
 from vregion.eval.report import evaluate_model
 from vregion.eval.text import is_text_file, read_passages, text_batches
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass

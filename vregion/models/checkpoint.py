@@ -23,9 +23,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoTokenizer
 
-from vregion.config import ConfigError, ModelConfig, from_dict, to_dict
+from vregion.config import ConfigError, to_dict
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -184,27 +183,3 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True):
     state_dict = read_state_dict(path)
     _fill_tied(model, state_dict)
     return model.load_state_dict(state_dict, strict=strict)
-
-
-def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any, dict]:
-    """Rebuild the model from the checkpoint's config, load its weights strictly.
-
-    Returns:
-        (model, tokenizer, config_dict); without a saved tokenizer, the LLM source's own is returned.
-    """
-    from vregion.models.vlm import build_vlm  # vlm imports this module for init_from
-
-    path = Path(path)
-    config_dict = read_config(path)
-    model_cfg = from_dict(ModelConfig, config_dict.get("model") or {}, "model")
-    # The weights come from this checkpoint; following init_from again would only load stale weights first.
-    model_cfg.init_from = None
-    # A pruned checkpoint's llm/ holds only the LLM's config and tokenizer: its weights are in MODEL_FILE.
-    llm_dir = inside_checkpoint(path, model_cfg.llm.path)
-    if llm_dir is not None:
-        model_cfg.llm.path = str(llm_dir)
-    model, tokenizer = build_vlm(model_cfg, dtype, llm_weights=llm_dir is None)
-    load_weights(model, path, strict=True)
-    if (path / TOKENIZER_DIR).exists():
-        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
-    return model, tokenizer, config_dict

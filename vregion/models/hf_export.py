@@ -37,8 +37,9 @@ from vregion.config import CompressConfig, ModelConfig, from_dict
 from vregion.data.jinja_template import build_jinja_template
 from vregion.data.templates import get_template
 from vregion.models.backbones import HFViTBackbone
-from vregion.models.checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint
+from vregion.models.checkpoint import CONFIG_FILE, MODEL_FILE
 from vregion.models.projectors import LinearProjector, MLPProjector
+from vregion.models.vlm import load_checkpoint
 
 IMAGE_TOKEN = "<image>"
 # Vision tower -> (vision_feature_select_strategy, tokens LLaVA's processor adds per image before selection).

@@ -10,8 +10,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from transformers import (
@@ -101,17 +102,32 @@ def _gguf_cache_folder(gguf_path: Path, cache_dir: str | None) -> Path:
     return root / f"{gguf_path.stem}-{stat.st_size}-{stamp}"
 
 
-def export_gguf_to_hf(gguf_path: str | Path, target: str | Path) -> Path:
+STALE_EXPORT_S = 3600  # an export takes minutes; a temporary folder this old was left by a crash
+
+
+def _remove_stale_exports(target: Path) -> None:
+    for tmp in target.parent.glob(f".{target.name}.*"):
+        if time.time() - tmp.stat().st_mtime > STALE_EXPORT_S:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_gguf_to_hf(gguf_path: str | Path, target: str | Path,
+                      progress: Optional[Callable[[str], None]] = None) -> Path:
     """Dequantise a GGUF causal LM once and save it with its tokenizer as a plain HF folder at `target`.
 
     fp32 keeps the dequantised values exact (the requested dtype is applied when loading the export). The
     folder is written under a temporary name and renamed into place, so an interrupted export or a
-    concurrent rank never leaves a half-written folder that later loads would trust.
+    concurrent rank never leaves a half-written folder that later loads would trust; temporary folders a
+    crash left over an hour ago are removed. `progress` (e.g. print) is told when the export starts and ends.
     """
     gguf_path, target = Path(gguf_path).expanduser().resolve(), Path(target).expanduser()
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_exports(target)
+    if progress:
+        progress(f"dequantising {gguf_path.name} with transformers (once; ~20-100 s)")
+    start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are dense now, but the model still carries the GGUF quantizer, which makes
@@ -132,6 +148,8 @@ def export_gguf_to_hf(gguf_path: str | Path, target: str | Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        progress(f"exported {target} in {time.perf_counter() - start:.0f} s")
     return target
 
 

@@ -49,14 +49,14 @@ class RunnerState:
 Hook = Callable[[int, RunnerState], RunnerState]
 
 
-def _unwrap(llm: nn.Module) -> nn.Module:
+def unwrap_peft(llm: nn.Module) -> nn.Module:
     """The HF *ForCausalLM under a PEFT wrapper, or llm itself."""
     return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
     """The decoder layers of an HF causal LM (`llm.model.layers`)."""
-    return _unwrap(llm).model.layers
+    return unwrap_peft(llm).model.layers
 
 
 def num_decoder_layers(llm: nn.Module) -> int:
@@ -107,11 +107,11 @@ class DecoderRunner:
     @property
     def base(self) -> nn.Module:
         """The decoder model (`llm.model`): embeddings, layers, final norm, rotary embedding."""
-        return _unwrap(self.llm).model
+        return unwrap_peft(self.llm).model
 
     @property
     def config(self):
-        return _unwrap(self.llm).config
+        return unwrap_peft(self.llm).config
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -162,7 +162,7 @@ class DecoderRunner:
         Every step is per token, so training can apply it to the supervised positions only.
         """
         hidden = self.base.norm(hidden)
-        logits = _unwrap(self.llm).lm_head(hidden)
+        logits = unwrap_peft(self.llm).lm_head(hidden)
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -3,23 +3,26 @@
 Submodule names are a contract (region selection, freezing, checkpoints and transfer rely on them):
 `vision.*`, `projector.*`, `llm.model.embed_tokens.*`, `llm.model.layers.<i>.*`, `llm.model.norm.*`,
 `llm.lm_head.*`. The decoder runs through `DecoderRunner` so later stages can act between layers.
+`build_vlm` builds one from a config, `load_checkpoint` rebuilds one from a checkpoint folder (`models.checkpoint`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoTokenizer
 
-from vregion.config import ModelConfig
+from vregion.config import ModelConfig, from_dict
+from vregion.constants import IGNORE_INDEX
 from vregion.models.backbones import VisionBackbone, build_vision_backbone
+from vregion.models.checkpoint import TOKENIZER_DIR, inside_checkpoint, load_weights, read_config
 from vregion.models.llm import build_llm
 from vregion.models.projectors import build_projector
 from vregion.models.runner import DecoderRunner
-
-IGNORE_INDEX = -100
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -224,7 +227,27 @@ def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
     projector = build_projector(cfg.projector, vision.hidden_size, llm_dim).to(dtype)
     model = VisionLanguageModel(vision, projector, llm, gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.init_from:
-        from vregion.models.checkpoint import load_weights  # checkpoint imports this module
-
         load_weights(model, cfg.init_from, strict=True)
     return model, tokenizer
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any, dict]:
+    """Rebuild the model from the checkpoint's config, load its weights strictly.
+
+    Returns:
+        (model, tokenizer, config_dict); without a saved tokenizer, the LLM source's own is returned.
+    """
+    path = Path(path)
+    config_dict = read_config(path)
+    model_cfg = from_dict(ModelConfig, config_dict.get("model") or {}, "model")
+    # The weights come from this checkpoint; following init_from again would only load stale weights first.
+    model_cfg.init_from = None
+    # A pruned checkpoint's llm/ holds only the LLM's config and tokenizer: its weights are in MODEL_FILE.
+    llm_dir = inside_checkpoint(path, model_cfg.llm.path)
+    if llm_dir is not None:
+        model_cfg.llm.path = str(llm_dir)
+    model, tokenizer = build_vlm(model_cfg, dtype, llm_weights=llm_dir is None)
+    load_weights(model, path, strict=True)
+    if (path / TOKENIZER_DIR).exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+    return model, tokenizer, config_dict

@@ -25,7 +25,9 @@ from vregion.eval import evaluate_model
 from vregion.eval.generation import left_padded, split_prompts
 from vregion.eval.loss import to_model
 from vregion.eval.report import eval_batches
-from vregion.models.checkpoint import MODEL_FILE, load_checkpoint, read_config, read_state_dict, stored_names
+from vregion.models.checkpoint import MODEL_FILE, read_config, read_state_dict, stored_names
+from vregion.models.vlm import load_checkpoint
+from vregion.region.apply import region_layers
 from vregion.region.metrics import LayerStats, add_parameter_change, layer_metrics, parameter_change
 from vregion.region.names import layer_index_of
 from vregion.region.prune import prune_layers, save_pruned_checkpoint
@@ -36,17 +38,6 @@ PLOT_GROUPS = {
     "angular distance": ("angular", "angular_block"),
     "parameter change (sum of 7 linears)": ("param_relative", "param_angular"),
 }
-
-
-def region_layers(config_dict: dict, num_layers: int) -> list[int]:
-    """The checkpoint's region layers, from its saved `region` section ([] when it has none)."""
-    region = config_dict.get("region") or {}
-    if not region:
-        return []
-    from vregion.config import RegionConfig, from_dict
-    from vregion.region.apply import region_layers_for
-
-    return region_layers_for(from_dict(RegionConfig, region, "region"), num_layers)
 
 
 def stored_num_layers(checkpoint: str | Path) -> int:

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from vregion.config import RegionConfig
+from vregion.config import RegionConfig, from_dict
 from vregion.region.lora import ADAPTER_NAME, inject_lora, lora_layers, lora_module_names
 from vregion.region.names import (
     component_of,
-    decoder_layers,
     is_lora_param,
     layer_index_of,
     norm_param_names,
+    vlm_decoder_layers,
 )
 from vregion.region.select import STRATEGIES, select_layers
 
@@ -135,6 +135,14 @@ def region_layers_for(cfg: RegionConfig, num_layers: int) -> list[int]:
     return rank_layers(scores, resolve_count(num_layers, cfg.count, cfg.fraction), spread=cfg.spread)
 
 
+def region_layers(config_dict: dict, num_layers: int) -> list[int]:
+    """A saved checkpoint's region layers, from its config's `region` section ([] when it has none)."""
+    region = config_dict.get("region") or {}
+    if not region:
+        return []
+    return region_layers_for(from_dict(RegionConfig, region, "region"), num_layers)
+
+
 def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
     """Freeze the model, then make the region (and the parts the config asks for) trainable.
 
@@ -155,7 +163,7 @@ def apply_region(model: nn.Module, cfg: RegionConfig) -> RegionPlan:
     """
     if cfg.mode not in MODES:
         raise ValueError(f"unknown region mode {cfg.mode!r}; valid modes: {', '.join(MODES)}")
-    num_layers = len(decoder_layers(model))
+    num_layers = len(vlm_decoder_layers(model))
     layers = region_layers_for(cfg, num_layers)
     existing = lora_layers(model)
     if existing:

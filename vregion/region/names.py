@@ -11,6 +11,8 @@ from typing import Optional
 
 from torch import nn
 
+from vregion.models.runner import decoder_layers
+
 COMPONENTS = ("vision", "projector", "layers", "embeddings", "norm", "lm_head", "other")
 
 # Prefixes added by wrappers (DeepSpeed engine, torch.compile, a PeftModel) that are not part of the name.
@@ -95,10 +97,11 @@ def norm_param_names(model: nn.Module) -> set[str]:
     return {n for n in names if strip_wrappers(n).startswith("llm.") and is_norm_param(n)}
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """`model.llm.model.layers`, with a clear error when the model does not follow the naming."""
+def vlm_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a VLM's `llm` (`models.runner.decoder_layers`), with a clear error when the model
+    does not follow the naming."""
     try:
-        return model.llm.model.layers
+        return decoder_layers(model.llm)
     except AttributeError:
         raise ValueError(
             f"{type(model).__name__} has no `llm.model.layers`; vregion.region needs a model with "

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 from torch import nn
 
 from vregion.models.checkpoint import save_checkpoint
-from vregion.models.runner import DecoderRunner, _unwrap
+from vregion.models.runner import DecoderRunner, unwrap_peft
+from vregion.region.apply import region_layers
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def prune_layers(model: nn.Module, drop: Sequence[int]) -> list[int]:
     Returns:
         The old indices of the kept layers (new index i was old index result[i]).
     """
-    llm = _unwrap(model.llm)
+    llm = unwrap_peft(model.llm)
     base, config = llm.model, llm.config
     num_layers = len(base.layers)
     kept = kept_layers(num_layers, list(drop))
@@ -88,7 +89,7 @@ def export_llm_config(model: nn.Module, tokenizer: Any, path: str | Path) -> Pat
     `AutoConfig` / `AutoTokenizer` load it; the weights live in the checkpoint's model.safetensors only.
     """
     path = Path(path)
-    llm = _unwrap(model.llm)
+    llm = unwrap_peft(model.llm)
     config = copy.deepcopy(llm.config)
     config.architectures = [type(llm).__name__]
     config.save_pretrained(str(path))
@@ -100,8 +101,6 @@ def export_llm_config(model: nn.Module, tokenizer: Any, path: str | Path) -> Pat
 
 def pruned_config(config_dict: dict, drop: Sequence[int], num_layers: int) -> dict:
     """The checkpoint config after pruning: LLM from the checkpoint's `llm/`, region renumbered as a list."""
-    from vregion.region.analyze import region_layers
-
     out = copy.deepcopy(config_dict)
     llm = out.setdefault("model", {}).setdefault("llm", {})
     # Relative: load_checkpoint resolves it inside the checkpoint, so the folder can move.

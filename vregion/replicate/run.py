@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,7 +27,7 @@ from typing import Optional
 import yaml
 
 from vregion.compress.schedule import PRESETS
-from vregion.config import ConfigError, to_dict
+from vregion.config import ConfigError, resolve_config_path, to_dict
 from vregion.validate import load_and_validate
 from vregion.region.select import resolve_count
 from vregion.replicate.conclusions import conclusions
@@ -37,6 +35,7 @@ from vregion.replicate.passages import write_passages
 from vregion.replicate.report import write_report
 from vregion.replicate.results import ALIGN, EVAL_FILE, Row, build_rows, collect, num_layers_of
 from vregion.replicate.variants import DEFAULT_VARIANTS, FULL, Variant, compressed, parse_variant, parse_variants
+from vregion.subprocess_runs import drop_resumable_state, vregion
 
 ANALYZE_SAMPLES = 128  # calibration samples for `vregion analyze` (hidden-state metrics are token averages)
 SETTINGS_FILE, BEST_FILE = "settings.json", "best_region.json"
@@ -87,7 +86,6 @@ def prepare(out: Path, config: str, overrides: list[str], steps: Optional[int], 
             max_samples: Optional[int], text: Optional[str]) -> Plan:
     """Write the stage configs and the passage file, and check `out` holds no replication with other settings."""
     from vregion.assets import resolve_asset
-    from vregion.cli import resolve_config_path
 
     cfg = load_and_validate(resolve_config_path(config), overrides)
     stages = cfg.stage_configs()
@@ -126,18 +124,6 @@ def _check_settings(path: Path, settings: dict) -> None:
                           "and --text")
 
 
-def vregion(args: list[str], done: Path, label: str, tag: str = "replicate") -> None:
-    """One `vregion` subprocess, skipped when `done` exists; a failure stops the caller's sequence with its label.
-    `tag` names the command running the sequence in the progress lines."""
-    if done.exists():
-        print(f"[{tag}] done already: {label}", flush=True)
-        return
-    print(f"[{tag}] {label}: vregion {' '.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "vregion.cli", *args])
-    if proc.returncode != 0:
-        raise RuntimeError(f"{label} failed (exit {proc.returncode}); run the same command again to continue")
-
-
 def train(config: Path, run_dir: Path, seed: int, overrides: list[str], label: str) -> None:
     """Train (or resume, or skip) one run; a finished run's resumable DeepSpeed state is deleted, since summary.json
     marks it done and only final/ is used later (at demo size that state is 1-3 GB per run, 40 runs)."""
@@ -145,12 +131,6 @@ def train(config: Path, run_dir: Path, seed: int, overrides: list[str], label: s
             run_dir / "summary.json", label)
     if (run_dir / "summary.json").exists():
         drop_resumable_state(run_dir)
-
-
-def drop_resumable_state(run_dir: Path) -> None:
-    """Delete the DeepSpeed checkpoints of a finished run (every stage's), keeping its metrics and final/ weights."""
-    for checkpoints in sorted(run_dir.rglob("checkpoints")):
-        shutil.rmtree(checkpoints)
 
 
 def evaluate(plan: Plan, run_dir: Path, seed: int, label: str) -> None:

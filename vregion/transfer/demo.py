@@ -148,8 +148,7 @@ def plot(curves: dict[str, list[Point]], out_file: Path) -> None:
 def control_stages(warmup_steps: int) -> list[dict]:
     """The transferred runs' stages exactly as `vregion transfer` makes them (`transfer_config`: the 5x-lr
     constant warm-up, then the config's own training), to train a fresh projector with: no init_from is kept."""
-    from vregion.cli import resolve_config_path
-    from vregion.config import load_config
+    from vregion.config import load_config, resolve_config_path
     from vregion.transfer.plan import transfer_config
 
     cfg = load_config(resolve_config_path(TARGET_CONFIG), [f"transfer.warmup_steps={warmup_steps}"])
@@ -160,7 +159,7 @@ def _run(run_dir: Path, args: list[str], done: Path) -> None:
     """One `vregion` subprocess writing `run_dir`, with `--resume`, skipped when its last stage's summary exists.
     Once it has finished, its resumable DeepSpeed state is deleted: the report reads metrics only, the transfers
     read the source's final/, and on the frozen Gemma3 that state is ~1 GB per stage (~20 GB for the demo)."""
-    from vregion.replicate.run import drop_resumable_state, vregion
+    from vregion.subprocess_runs import drop_resumable_state, vregion
 
     vregion([*args, f"run.output_dir={run_dir}", "--resume"], done, label=str(done.parent), tag="transfer-demo")
     if done.exists():

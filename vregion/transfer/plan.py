@@ -17,9 +17,9 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from vregion import distributed as dist
 from vregion.config import Config, ConfigError, ProjectorConfig, VisionConfig, from_dict, to_dict
-from vregion.engine import distributed as dist
-from vregion.engine.errors import RunDirectoryError
+from vregion.errors import RunDirectoryError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Errors the engine reports to the user as a message, not a traceback."""
+"""Errors reported to the user as a message, not a traceback (shared by every layer)."""
 
 
 class RunDirectoryError(RuntimeError):
