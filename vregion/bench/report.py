@@ -21,7 +21,7 @@ from vregion.config import WandbConfig
 
 MIB = 2**20
 GIB = 2**30
-# Memory column labels by how the peak was measured (see `vregion.engine.bench` for each method).
+# Memory column labels by how the peak was measured (see `vregion.bench.run` for each method).
 MEMORY_KINDS = {
     "cuda": "GPU memory allocated for this variant alone: what its engine holds once built and warmed up "
             "+ the most one of its steps allocates on top",
