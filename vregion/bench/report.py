@@ -211,7 +211,7 @@ def format_table(rows: list[dict], meta: dict) -> str:
 
 
 def _load_note(meta: dict) -> str:
-    """How busy other processes kept the machine: they distort absolute times most (see bench_probe.OtherLoad)."""
+    """How busy other processes kept the machine: they distort absolute times most (see bench.probe.OtherLoad)."""
     cores = meta.get("other_processes_cores")
     if cores is None:
         return "- other processes' CPU use: unknown."
