@@ -72,7 +72,7 @@ def _bench(args: argparse.Namespace) -> int:
     from vregion.assets import resolve_config_assets
 
     if args.plan:
-        from vregion.engine.plan import plan_text
+        from vregion.bench.plan import plan_text
 
         resolve_config_assets(stage)  # a local model's shape comes from its config.json
         try:
@@ -80,8 +80,8 @@ def _bench(args: argparse.Namespace) -> int:
         except ValueError as e:  # a model the plan has no shape for: say which, and what to provide
             raise ConfigError(f"--plan: {e}") from None
         return 0
-    from vregion.engine.bench import default_variants, run_bench, schedule_variants
-    from vregion.engine.bench_report import Projection
+    from vregion.bench.run import default_variants, run_bench, schedule_variants
+    from vregion.bench.report import Projection
     from vregion.engine.run import prepare_data
 
     stage = prepare_data(stage, Path(stage.run.output_dir).resolve())

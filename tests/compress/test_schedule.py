@@ -9,6 +9,7 @@ from vregion.compress import (
     custom_schedule,
     get_schedule,
     inference_stage,
+    parse_pooling,
     scale_layer,
     stage_at,
     stage_boundaries,
@@ -97,6 +98,16 @@ def test_custom_schedule():
 def test_custom_schedule_errors(phases, match):
     with pytest.raises(ValueError, match=match):
         custom_schedule(phases)
+
+
+def test_parse_pooling_is_the_one_k_s_parser():
+    assert parse_pooling("2/8", "x") == (2, 8)
+    assert parse_pooling(" None ", "x") == parse_pooling("16/1", "x") == (None, None)  # S = 1: uncompressed
+    assert parse_pooling("20/4", "x", reference_layers=24) == (20, 4)
+    for text, match in [("2-8", "where: expected 'K/S' or 'none', got '2-8'"), ("32/8", r"where: K must .*\[0, 32\)"),
+                        ("2/0", "where: S must be an int >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            parse_pooling(text, "where")
 
 
 def test_bad_steps_rejected():

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Optional
 
 from vregion.compress.schedule import (
-    REFERENCE_LAYERS,
     Schedule,
     Stage,
-    _parse_setting,
-    _setting,
     custom_schedule,
     get_schedule,
     inference_stage,
+    parse_pooling,
     scale_layer,
 )
 from vregion.config import CompressConfig
@@ -36,7 +34,7 @@ def inference_setting(text: str, where: str = "compress.inference") -> tuple[Opt
     Raises:
         ValueError: not "K/S" / "none", K outside [0, 32) or S < 1, naming `where`.
     """
-    return _setting(*_parse_setting(text, where), REFERENCE_LAYERS, where)
+    return parse_pooling(text, where)
 
 
 def eval_stage(cfg: CompressConfig, schedule: Optional[Schedule], num_layers: int) -> Stage:

@@ -84,7 +84,7 @@ def _setting(layer: Optional[int], stride: Optional[int], reference_layers: int,
     return layer, stride
 
 
-def _parse_setting(text: str, where: str) -> tuple[Optional[int], Optional[int]]:
+def _split_setting(text: str, where: str) -> tuple[Optional[int], Optional[int]]:
     if text.strip().lower() == "none":
         return None, None
     try:
@@ -92,6 +92,19 @@ def _parse_setting(text: str, where: str) -> tuple[Optional[int], Optional[int]]
     except ValueError:
         raise ValueError(f"{where}: expected 'K/S' or 'none', got '{text}'") from None
     return k, s
+
+
+def parse_pooling(text: str, where: str,
+                  reference_layers: int = REFERENCE_LAYERS) -> tuple[Optional[int], Optional[int]]:
+    """(K, S) of a pooling setting "K/S" (K on the `reference_layers` scale, default 32) or "none" -> (None, None).
+
+    The one parser of the "K/S" strings that schedules, `compress.inference`, `--compress` and bench/plan
+    variants (`region@2/8`) are written in. S = 1 also means uncompressed and gives (None, None).
+
+    Raises:
+        ValueError: not "K/S" / "none", K outside [0, reference_layers) or S < 1, naming `where`.
+    """
+    return _setting(*_split_setting(text, where), reference_layers, where)
 
 
 def custom_schedule(
@@ -114,7 +127,7 @@ def custom_schedule(
     for i, spec in enumerate(phases):
         where = f"phase {i}"
         if isinstance(spec, str):
-            (k, s), fraction = _parse_setting(spec, where), 1.0 / len(phases)
+            (k, s), fraction = parse_pooling(spec, where, reference_layers), 1.0 / len(phases)
         else:
             if len(spec) != 3:
                 raise ValueError(f"{where}: expected (K, S, fraction), got {spec!r}")
@@ -128,8 +141,9 @@ def custom_schedule(
     if inference is None:
         inference = (out[-1].layer, out[-1].stride)
     elif isinstance(inference, str):
-        inference = _parse_setting(inference, "inference")
-    inference = _setting(*inference, reference_layers, "inference")
+        inference = parse_pooling(inference, "inference", reference_layers)
+    else:
+        inference = _setting(*inference, reference_layers, "inference")
     return Schedule(name, tuple(out), inference, reference_layers)
 
 

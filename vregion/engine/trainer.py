@@ -20,14 +20,14 @@ from vregion.config import Config, to_dict
 from vregion.constants import DTYPES
 from vregion.data import consumed_samples
 from vregion.engine import checkpoint
-from vregion.engine.ds_config import build_ds_config, grad_accum_steps
+from vregion.engine.ds_config import grad_accum_steps
 from vregion.engine.evaluate import held_out_accuracy, held_out_loss
+from vregion.engine.factory import build_engine
 from vregion.engine.inputs import StageData, model_inputs
 from vregion.engine.metrics import MetricsLogger
-from vregion.engine.optim import build_optimizer, build_scheduler
 from vregion.engine.state_dict import gather_state_dict, merge_lora_state_dict
 from vregion.models import build_vlm, save_state_dict
-from vregion.region import apply_region, build_param_groups, parameter_counts, parameter_table
+from vregion.region import apply_region, parameter_counts, parameter_table
 
 FINAL = "final"
 
@@ -109,19 +109,8 @@ class StageTrainer:
         self.schedule = build_schedule(cfg.compress)
         self.num_layers = self.model.runner.num_layers
         self.total_steps = total_steps(cfg, self.data, dist.world_size())
-        groups = build_param_groups(self.model, cfg.optim)
-        self.group_names = [g.get("name", str(i)) for i, g in enumerate(groups)]
-        self.trainable_numel = sum(p.numel() for g in groups for p in g["params"])
-        optimizer = build_optimizer(groups, cfg.optim, cfg.deepspeed.offload_optimizer)
-        scheduler = build_scheduler(optimizer, cfg.optim, self.total_steps)
-        import deepspeed
-
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=build_ds_config(cfg, dist.world_size()),
-        )
+        self.engine, _, self.scheduler, groups = build_engine(cfg, self.model, self.total_steps)
+        self.group_names, self.trainable_numel = groups.names, groups.numel
 
     # ------------------------------------------------------------------------------------------ resume
     def _restore(self) -> tuple[int, int, Counter]:

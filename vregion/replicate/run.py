@@ -34,7 +34,7 @@ from vregion.replicate.conclusions import conclusions
 from vregion.replicate.passages import write_passages
 from vregion.replicate.report import write_report
 from vregion.replicate.results import ALIGN, EVAL_FILE, Row, build_rows, collect, num_layers_of
-from vregion.replicate.variants import DEFAULT_VARIANTS, FULL, Variant, compressed, parse_variant, parse_variants
+from vregion.replicate.variants import DEFAULT_VARIANTS, FULL, RegionVariant, compressed, parse_variant, parse_variants
 from vregion.subprocess_runs import drop_resumable_state, vregion
 
 ANALYZE_SAMPLES = 128  # calibration samples for `vregion analyze` (hidden-state metrics are token averages)
@@ -143,7 +143,7 @@ def evaluate(plan: Plan, run_dir: Path, seed: int, label: str) -> None:
     vregion(args, run_dir / EVAL_FILE, f"eval {label}")
 
 
-def scores_for(plan: Plan, variant: Variant, seed: int) -> Optional[Path]:
+def scores_for(plan: Plan, variant: RegionVariant, seed: int) -> Optional[Path]:
     """layers.json a metric variant ranks by, computed on first use: hidden-state metrics of the stage-1
     checkpoint, or parameter change of the seed's full-tuning run against it."""
     if variant.strategy != "metric":
@@ -162,7 +162,7 @@ def scores_for(plan: Plan, variant: Variant, seed: int) -> Optional[Path]:
     return out / "layers.json"
 
 
-def run_variant(plan: Plan, variant: Variant, seed: int) -> None:
+def run_variant(plan: Plan, variant: RegionVariant, seed: int) -> None:
     seed_dir = plan.seed_dir(seed)
     overrides = [f"model.init_from={seed_dir / ALIGN / 'final'}", *variant.overrides(scores_for(plan, variant, seed))]
     label = f"seed {seed} {variant.name}"
@@ -172,7 +172,7 @@ def run_variant(plan: Plan, variant: Variant, seed: int) -> None:
         shutil.rmtree(seed_dir / variant.name / "final", ignore_errors=True)
 
 
-def run_seed(plan: Plan, seed: int, variants: list[Variant]) -> None:
+def run_seed(plan: Plan, seed: int, variants: list[RegionVariant]) -> None:
     """Stage 1 and every stage-2 variant of one seed (parameter-metric variants after `full`, which they need)."""
     align = plan.seed_dir(seed) / ALIGN
     train(plan.align_config, align, seed, [], f"seed {seed} stage 1 (align)")

@@ -36,8 +36,9 @@ _METRIC = re.compile(r"^metric-(?:(%s)-)?(\d+)$" % "|".join(METRICS))
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One stage-2 configuration. `kind`: full | projector | uniform | block | metric | other (bottom-top)."""
+class RegionVariant:
+    """One stage-2 configuration (a region to tune; not the bench's `vregion.bench.variant.Variant`).
+    `kind`: full | projector | uniform | block | metric | other (bottom-top)."""
 
     name: str
     kind: str
@@ -69,41 +70,41 @@ class Variant:
         return out
 
 
-def parse_variant(name: str) -> Variant:
-    """The Variant a name describes; ValueError naming the valid forms otherwise."""
+def parse_variant(name: str) -> RegionVariant:
+    """The RegionVariant a name describes; ValueError naming the valid forms otherwise."""
     region, _, schedule = name.partition("+")
     if schedule and schedule not in PRESETS:
         raise ValueError(f"unknown compression preset {schedule!r} in {name!r}; valid: {', '.join(PRESETS)}")
     base = _parse_region(region, name)
-    return Variant(name, base.kind, base.strategy, base.count, base.metric, schedule or None)
+    return RegionVariant(name, base.kind, base.strategy, base.count, base.metric, schedule or None)
 
 
-def _parse_region(region: str, name: str) -> Variant:
+def _parse_region(region: str, name: str) -> RegionVariant:
     if region == FULL:
-        return Variant(region, FULL, "all")
+        return RegionVariant(region, FULL, "all")
     if region == PROJECTOR:
-        return Variant(region, PROJECTOR, "none")
+        return RegionVariant(region, PROJECTOR, "none")
     counted = _COUNTED.match(region)
     if counted:
         strategy, count = counted.group(1), int(counted.group(2))
         kind = "uniform" if strategy == "uniform" else "block" if strategy in BLOCKS else "other"
-        return _checked(Variant(region, kind, strategy, count), name)
+        return _checked(RegionVariant(region, kind, strategy, count), name)
     metric = _METRIC.match(region)
     if metric:
-        return _checked(Variant(region, "metric", "metric", int(metric.group(2)), metric.group(1) or DEFAULT_METRIC),
-                        name)
+        count, ranked = int(metric.group(2)), metric.group(1) or DEFAULT_METRIC
+        return _checked(RegionVariant(region, "metric", "metric", count, ranked), name)
     raise ValueError(
         f"unknown variant {name!r}; valid: full, projector, <strategy>-N ({', '.join(COUNTED_STRATEGIES)}), "
         f"metric-N, metric-<metric>-N ({', '.join(METRICS)}), each optionally +<preset> ({', '.join(PRESETS)})")
 
 
-def _checked(variant: Variant, name: str) -> Variant:
+def _checked(variant: RegionVariant, name: str) -> RegionVariant:
     if variant.count < 1:
         raise ValueError(f"variant {name!r}: the layer count must be >= 1")
     return variant
 
 
-def parse_variants(names: list[str]) -> list[Variant]:
+def parse_variants(names: list[str]) -> list[RegionVariant]:
     """Variants in the given order, duplicates dropped; `full` is required (it is the baseline of every ratio)."""
     variants = [parse_variant(n) for n in dict.fromkeys(names)]
     if FULL not in {v.name for v in variants}:
@@ -111,6 +112,6 @@ def parse_variants(names: list[str]) -> list[Variant]:
     return variants
 
 
-def compressed(region: Variant, presets: list[str]) -> list[Variant]:
+def compressed(region: RegionVariant, presets: list[str]) -> list[RegionVariant]:
     """`region` under each compression preset (the schedule comparison on the best region)."""
     return [parse_variant(f"{region.name}+{p}") for p in presets]

@@ -8,10 +8,10 @@ variant, so a slow patch of a shared machine hits all variants alike. Ratios are
 
 Per variant: step time (and its forward / backward / optimizer parts), samples/s, tokens/s, achieved TFLOP/s
 and MFU (FLOPs from `plan.sample_flops` for each real batch), optimizer state, peak memory, and the wall time
-and GPU-hours of a full run projected from the measurements (`bench_report`). Peak memory of a variant is
+and GPU-hours of a full run projected from the measurements (`bench.report`). Peak memory of a variant is
 what its engine still holds after being built and warmed up (engines are built one after another, so each
 one's growth is its own) + the most one of its steps adds on top: CUDA allocator bytes, or on CPU the RSS
-(`bench_probe.MemoryMeter`). It is measured during the untimed warm-up, because handing freed memory back
+(`bench.probe.MemoryMeter`). It is measured during the untimed warm-up, because handing freed memory back
 to the OS before each reading would make the next step pay page faults.
 """
 
@@ -27,6 +27,10 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from vregion.bench import plan, probe, report
+from vregion.bench.report import Projection, StepTiming
+from vregion.bench.shapes import VisionShape, VLMShape, llm_shape, vision_shape
+from vregion.bench.variant import Variant, parse_variant
 from vregion.compress import (
     IGNORE_INDEX,
     Stage,
@@ -38,15 +42,13 @@ from vregion.compress import (
 )
 from vregion.compress.schedule import REFERENCE_LAYERS, Schedule
 from vregion.config import Config
-from vregion.engine import bench_probe, bench_report, plan
 from vregion import distributed as dist
-from vregion.engine.bench_report import Projection, StepTiming
-from vregion.engine.ds_config import build_ds_config, grad_accum_steps
+from vregion.engine.ds_config import grad_accum_steps
+from vregion.engine.factory import build_engine
 from vregion.engine.inputs import StageData, model_inputs
-from vregion.engine.optim import build_optimizer, build_scheduler
 from vregion.engine.trainer import model_dtype, optimizer_state_numel, seed_everything
 from vregion.models import build_vlm
-from vregion.region import apply_region, build_param_groups
+from vregion.region import apply_region
 
 DEFAULT_SCHEDULE = "four-wider-then-deeper"  # LLaVolta's reference default: heavy -> light -> none
 
@@ -59,7 +61,7 @@ class EngineRun:
     cfg: Config
     engine: object
     batches: Iterator
-    shape: Optional[plan.VLMShape]  # None: the plan has no FLOP model for this LLM family (no TFLOP/s, MFU)
+    shape: Optional[VLMShape]  # None: the plan has no FLOP model for this LLM family (no TFLOP/s, MFU)
     trainable: int  # trainable elements of the whole model (not a rank's ZeRO-3 partition)
     accum: int
     dtype: torch.dtype
@@ -74,25 +76,10 @@ class VariantRun:
     spec: str
     owner: EngineRun
     stage: Stage
-    variant: plan.Variant
+    variant: Variant
     steps: list = field(default_factory=list)
     step_peak_bytes: int = 0  # most memory its warm-up steps added above what was in use before them
     _flops: dict = field(default_factory=dict)
-
-
-def parse_variant(spec: str) -> tuple[str, Optional[tuple[int, int]]]:
-    """`region` or `region@2/8` (pool with stride 8 before layer 2 of 32, scaled to the model's depth)."""
-    base, _, pooling = spec.partition("@")
-    if base not in plan.VARIANT_REGIONS:
-        raise ValueError(f"unknown bench variant {base!r} in {spec!r}; valid: {', '.join(plan.VARIANT_REGIONS)} "
-                         "(+ optional @K/S)")
-    if not pooling:
-        return base, None
-    try:
-        k, stride = (int(x) for x in pooling.split("/"))
-    except ValueError:
-        raise ValueError(f"bench variant {spec!r}: expected NAME@K/S, e.g. region@2/8") from None
-    return base, (k, stride)
 
 
 def schedule_variants(base: str, schedule: Union[str, Schedule]) -> list[str]:
@@ -114,17 +101,17 @@ def default_variants(cfg: Config) -> tuple[list[str], Schedule]:
     return variants, schedule
 
 
-def bench_shape(cfg: Config, model) -> Optional[plan.VLMShape]:
+def bench_shape(cfg: Config, model) -> Optional[VLMShape]:
     """The plan's shape of the built model, or None for LLM families it does not model (e.g. gemma3).
     Towers the plan has no formula for (a backbone other than CLIP, SigLIP, EfficientNet-Lite0) get their
     parameter count from the module and their forward FLOPs counted on one image by torch's FLOP counter."""
     try:
-        llm = plan.llm_shape(cfg.model)
+        llm = llm_shape(cfg.model)
     except ValueError as e:
         print(f"bench: no FLOP model ({e}); TFLOP/s and MFU are left out", flush=True)
         return None
     try:
-        vision = plan.vision_shape(cfg.model)
+        vision = vision_shape(cfg.model)
     except ValueError:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -134,40 +121,27 @@ def bench_shape(cfg: Config, model) -> Optional[plan.VLMShape]:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             tower(image)
         params = sum(p.numel() for p in tower.parameters())
-        vision = plan.VisionShape(params, tower.num_tokens, tower.hidden_size, 0, float(counter.get_total_flops()))
-    return plan.VLMShape(llm, vision, cfg.model.projector.type, cfg.model.projector.hidden_size)
+        vision = VisionShape(params, tower.num_tokens, tower.hidden_size, 0, float(counter.get_total_flops()))
+    return VLMShape(llm, vision, cfg.model.projector.type, cfg.model.projector.hidden_size)
 
 
-def _build_engine(cfg: Config, base: str) -> EngineRun:
-    region = plan.variant_from_spec(base, cfg.region).region
+def _build_engine(cfg: Config, variant: Variant) -> EngineRun:
+    """The engine of `variant`'s region setting, built as training builds it (`engine.factory`)."""
     seed_everything(cfg.run.seed)
     model, tokenizer = build_vlm(cfg.model, dtype=model_dtype(cfg))
     shape = bench_shape(cfg, model)
-    apply_region(model, region)
-    groups = build_param_groups(model, cfg.optim)
-    trainable = sum(numel(p) for g in groups for p in g["params"])  # before ZeRO-3 partitions them to 0 here
-    optimizer = build_optimizer(groups, cfg.optim, cfg.deepspeed.offload_optimizer)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=10**6)
-    import deepspeed
-
-    engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=build_ds_config(cfg, dist.world_size())
-    )
+    apply_region(model, variant.region)
+    engine, _, _, groups = build_engine(cfg, model, total_steps=10**6)
     data = StageData(cfg, model, tokenizer)
     accum = grad_accum_steps(cfg.train, dist.world_size())
-    return EngineRun(base, cfg, engine, iter(data.train_loader()), shape, trainable, accum, model_dtype(cfg))
+    return EngineRun(variant.base, cfg, engine, iter(data.train_loader()), shape, groups.numel, accum, model_dtype(cfg))
 
 
-def numel(p: torch.nn.Parameter) -> int:
-    """Elements of a parameter, also once ZeRO-3 has partitioned it (its `numel()` is then 0 on every rank)."""
-    return getattr(p, "ds_numel", p.numel())
-
-
-def _attach(owner: EngineRun, spec: str) -> VariantRun:
-    _, pooling = parse_variant(spec)
+def _attach(owner: EngineRun, variant: Variant) -> VariantRun:
     layers = owner.engine.module.runner.num_layers
+    pooling = variant.pooling
     stage = Stage(0, None, None) if pooling is None else Stage(0, scale_layer(pooling[0], layers), pooling[1])
-    return VariantRun(spec, owner, stage, plan.variant_from_spec(spec, owner.cfg.region))
+    return VariantRun(variant.name, owner, stage, variant)
 
 
 def _now(cuda: bool) -> float:
@@ -224,18 +198,18 @@ def _device_name(device: torch.device) -> str:
     return f"CPU: {model}, {torch.get_num_threads()} torch threads"
 
 
-def _build_and_warm_up(cfg: Config, variants: list[str], steps: int, meter: bench_probe.MemoryMeter) -> list:
+def _build_and_warm_up(cfg: Config, variants: list[str], steps: int, meter: probe.MemoryMeter) -> list:
     """One engine per region setting, built one after another so each one's memory growth is its own, and
     each variant warmed up (untimed) for `steps` steps, its peak memory measured there."""
     engines: dict[str, EngineRun] = {}
     runs = []
-    for spec in variants:
-        base = parse_variant(spec)[0]
-        if base in engines:
+    parsed = [parse_variant(spec, cfg.region) for spec in variants]
+    for variant in parsed:
+        if variant.base in engines:
             continue
         before = meter.settle() if meter.kind else 0
-        owner = engines[base] = _build_engine(cfg, base)
-        owned = [_attach(owner, s) for s in variants if parse_variant(s)[0] == base]
+        owner = engines[variant.base] = _build_engine(cfg, variant)
+        owned = [_attach(owner, v) for v in parsed if v.base == variant.base]
         timed_step(owned[0])  # creates the optimizer state, which then stays resident
         for run in owned:  # allocations, lazy inits, loader start-up; and each variant's step peak
             start = meter.start_peak() if meter.kind else 0
@@ -260,8 +234,8 @@ def _row(run: VariantRun, peak_tflops: float, projection: Projection) -> dict:
                                      cfg.train.micro_batch_size, 1, cfg.model.gradient_checkpointing)
         predicted = dict(plan_trainable_params=plan.trainable_params(owner.shape, run.variant.region)["total"],
                          plan_optimizer_state_bytes_per_rank=memory["adam_moments"])
-    return bench_report.variant_row(run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops,
-                                    projection, peak_mem, **predicted)
+    return report.variant_row(run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops,
+                              projection, peak_mem, **predicted)
 
 
 def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: int, out_dir: Path,
@@ -272,20 +246,20 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
     Args:
         schedule: a compression schedule (or preset name) whose whole-run average of the first variant is
             added as a last row; needs `<first>@K/S` for each compressed phase (see `schedule_variants`).
-        peak: TFLOP/s for MFU: h100 | h200 | a100 | h100-pcie | a number; None: detect (`bench_probe`).
+        peak: TFLOP/s for MFU: h100 | h200 | a100 | h100-pcie | a number; None: detect (`bench.probe`).
         projection: the full run that measured throughput is projected to (default: `Projection()`).
         memory: measure peak memory (CUDA allocator, or RSS on Linux/glibc CPUs).
     """
     for spec in variants:
-        parse_variant(spec)
+        parse_variant(spec, cfg.region)  # a typo fails before any engine is built
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     projection = projection or Projection()
     dist.init_distributed()
     cfg = copy.deepcopy(cfg)
     device, dtype = dist.device(), model_dtype(cfg)
-    others = bench_probe.OtherLoad()
-    peak_tflops, peak_source = bench_probe.resolve_peak(peak, dtype, device)
-    meter = bench_probe.MemoryMeter(device, enabled=memory)
+    others = probe.OtherLoad()
+    peak_tflops, peak_source = probe.resolve_peak(peak, dtype, device)
+    meter = probe.MemoryMeter(device, enabled=memory)
     runs = _build_and_warm_up(cfg, variants, steps_per_round, meter)
     from tqdm import tqdm
 
@@ -295,8 +269,8 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
                 run.steps.append(timed_step(run))
     rows = [_row(run, peak_tflops, projection) for run in runs]
     if schedule is not None:
-        rows.append(bench_report.schedule_average(rows, schedule, variants[0], peak_tflops, projection))
-    bench_report.add_ratios(rows)
+        rows.append(report.schedule_average(rows, schedule, variants[0], peak_tflops, projection))
+    report.add_ratios(rows)
     meta = {
         "device": _device_name(device), "dtype": str(dtype).removeprefix("torch."), "world_size": dist.world_size(),
         "rounds": rounds, "steps_per_round": steps_per_round, "micro_batch_size": cfg.train.micro_batch_size,
@@ -306,8 +280,8 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
         "other_processes_cores": others.cores(), "cpu_count": os.cpu_count(),
     }
     if dist.is_main():
-        paths = bench_report.write_report(rows, meta, out_dir)
+        paths = report.write_report(rows, meta, out_dir)
         print(paths["md"].read_text(), flush=True)
         print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}", flush=True)
-        bench_report.log_wandb(rows, meta, cfg.run.wandb, out_dir, paths["png"])
+        report.log_wandb(rows, meta, cfg.run.wandb, out_dir, paths["png"])
     return {"meta": meta, "rows": rows}

@@ -1,11 +1,12 @@
 """`vregion bench --plan`: an analytic cost model (parameters, FLOPs, memory per GPU, wall time) from model shapes.
 
 Nothing here builds weights: an LLM is its shape (`LLMShape`), a vision tower its parameter count, token
-count and width (`VisionShape`), both read offline from configs or known hub ids (`plan_shapes`). The
-model answers "what does a visual region save before I rent GPUs": trainable parameters, FLOPs per
-optimizer step actually done, memory per GPU under ZeRO 0-3, and the wall time of one epoch at an assumed
-(or measured) throughput. Every estimate is documented where it is made; the memory model ignores allocator
-fragmentation beyond a fixed reserve, so treat "fits" near the limit as "measure it".
+count and width (`VisionShape`), both read offline from configs or known hub ids (`bench.shapes`); a
+compared setting is a `bench.variant.Variant`. The model answers "what does a visual region save before I
+rent GPUs": trainable parameters, FLOPs per optimizer step actually done, memory per GPU under ZeRO 0-3,
+and the wall time of one epoch at an assumed (or measured) throughput. Every estimate is documented where
+it is made; the memory model ignores allocator fragmentation beyond a fixed reserve, so treat "fits" near
+the limit as "measure it".
 """
 
 from __future__ import annotations
@@ -13,27 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from vregion.bench.shapes import VLMShape, shape_from_config
+from vregion.bench.variant import Variant, parse_variant
 from vregion.compress.schedule import scale_layer
-from vregion.config import Config, DeepSpeedConfig, RegionConfig, deep_merge as _deep_merge, from_dict, to_dict
-from vregion.engine.plan_shapes import (  # noqa: F401 (the shapes are part of the plan's interface)
-    CLIP_L336,
-    KNOWN_LLMS,
-    KNOWN_VISION,
-    LLAMA3_8B,
-    PRESETS,
-    VICUNA_7B,
-    VICUNA_13B,
-    LLMShape,
-    VisionShape,
-    VLMShape,
-    clip_vision_shape,
-    efficientnet_lite0_shape,
-    get_preset,
-    llm_shape,
-    shape_from_config,
-    siglip_vision_shape,
-    vision_shape,
-)
+from vregion.config import Config, DeepSpeedConfig, RegionConfig
 from vregion.region.apply import region_layers_for
 
 GB = 1e9
@@ -41,14 +25,8 @@ GB = 1e9
 PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0, "h100-pcie": 756.0}
 TEXT_TOKENS_ESTIMATE = 256  # assumed text tokens per LLaVA-665K sample (single image) when not measured
 RESERVE_BYTES = 2.0 * GB  # CUDA context, NCCL buffers, allocator slack: not modelled, so reserved
-# Region overrides of the compared variants (the names `vregion bench --variants` uses), with optional pooling.
+# The compared variants (`bench.variant` names, with optional @K/S pooling).
 PLAN_VARIANTS = ("full", "region", "region-lora", "region@2/8", "region-lora@2/8")
-VARIANT_REGIONS = {
-    "full": {"strategy": "all", "mode": "full"},
-    "region": {"strategy": "uniform", "mode": "full"},
-    "region-lora": {"strategy": "uniform", "mode": "lora"},
-    "projector": {"strategy": "none"},
-}
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -96,25 +74,6 @@ def trainable_params(shape: VLMShape, region: RegionConfig) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------- FLOPs
-@dataclass(frozen=True)
-class Variant:
-    """One compared setting: a region config and optional pooling (K for a 32-layer LLM, stride S)."""
-
-    name: str
-    region: RegionConfig
-    pooling: Optional[tuple[int, int]] = None
-
-
-def variant_from_spec(spec: str, base: RegionConfig) -> Variant:
-    """`region-lora@2/8` -> the base region with VARIANT_REGIONS' overrides, pooling at K=2 with stride 8."""
-    name, _, pooling = spec.partition("@")
-    if name not in VARIANT_REGIONS:
-        raise ValueError(f"unknown plan variant {name!r} in {spec!r}; valid: {', '.join(VARIANT_REGIONS)} (+ @K/S)")
-    region = from_dict(RegionConfig, _deep_merge(to_dict(base), VARIANT_REGIONS[name]), "region")
-    k_s = tuple(int(x) for x in pooling.split("/")) if pooling else None
-    return Variant(spec, region, k_s)
-
-
 def layer_tokens(shape: VLMShape, tokens: int, pooling: Optional[tuple[int, int]]) -> list[int]:
     """Sequence length entering each decoder layer: layers >= K see ceil(V / S) instead of V visual tokens."""
     if pooling is None:
@@ -300,7 +259,7 @@ def plan_rows(shape: VLMShape, cfg: Config, n_gpus: int, peak: float, samples: i
     tokens = tokens_per_sample or default_tokens_per_sample(shape, cfg)
     rows = []
     for spec in variants:
-        v = variant_from_spec(spec, cfg.region)
+        v = parse_variant(spec, cfg.region)
         gc = cfg.model.gradient_checkpointing
         f = sample_flops(shape, v, tokens, gc)
         mem = memory_per_gpu(shape, v, cfg.deepspeed, n_gpus, cfg.train.micro_batch_size, tokens, gc)

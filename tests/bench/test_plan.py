@@ -7,22 +7,17 @@ from pathlib import Path
 import pytest
 
 from vregion.config import Config, DeepSpeedConfig, LoraConfig, RegionConfig, load_config
-from vregion.engine.plan import (
-    PRESETS,
-    LLMShape,
-    Variant,
-    VisionShape,
-    VLMShape,
+from vregion.bench.plan import (
     known_gpu,
     memory_per_gpu,
     param_counts,
     peak_tflops,
     plan_rows,
     sample_flops,
-    shape_from_config,
     trainable_params,
-    variant_from_spec,
 )
+from vregion.bench.shapes import PRESETS, LLMShape, VisionShape, VLMShape, shape_from_config
+from vregion.bench.variant import Variant, parse_variant
 
 TINY_YAML = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 # hidden 8, intermediate 16, 2 layers, 2 heads of 4, 1 kv head, vocab 10; a 100-parameter ViT of width 4, 4 tokens.
@@ -86,8 +81,8 @@ def test_gpu_peaks_from_device_names():
 
 def test_pooling_shortens_layers_from_k():
     shape = PRESETS["llava-1.5-7b"]
-    base = variant_from_spec("region", RegionConfig())
-    pooled = variant_from_spec("region@2/8", RegionConfig())
+    base = parse_variant("region", RegionConfig())
+    pooled = parse_variant("region@2/8", RegionConfig())
     t = 576 + 256
     a, b = sample_flops(shape, base, t), sample_flops(shape, pooled, t)
     lin = 2 * shape.llm.linear_params
@@ -136,7 +131,7 @@ def test_efficientnet_lite0_shape_matches_the_built_network(image_size, toleranc
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vregion.engine.plan import efficientnet_lite0_shape
+    from vregion.bench.shapes import efficientnet_lite0_shape
     from vregion.models.efficientnet import build_lite0_network
 
     network = build_lite0_network(image_size, None).eval()
@@ -149,7 +144,7 @@ def test_efficientnet_lite0_shape_matches_the_built_network(image_size, toleranc
 
 
 def test_siglip_tower_has_no_cls_token_and_matches_the_built_tower():
-    from vregion.engine.plan import vision_shape
+    from vregion.bench.shapes import vision_shape
     from vregion.models.backbones import build_vision_backbone
 
     cfg = load_config(TINY_YAML, ["model.vision.type=siglip"]).stage_configs()[-1]
@@ -167,9 +162,9 @@ def test_bunny_plans_offline_from_built_in_hub_shapes(monkeypatch, capsys):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
+    from vregion.bench.shapes import KNOWN_VISION
     from vregion.cli import main
     from vregion.config import resolve_config_path
-    from vregion.engine.plan import KNOWN_VISION
 
     def no_network(*args, **kwargs):
         raise AssertionError("the plan opened a network connection")
@@ -197,7 +192,7 @@ def test_unknown_hub_ids_fail_clearly_and_local_configs_are_read(tmp_path, capsy
     import json
 
     from vregion.cli import main
-    from vregion.engine.plan import LLMShape, llm_shape, vision_shape
+    from vregion.bench.shapes import LLMShape, llm_shape, vision_shape
 
     assert main(["bench", "llava-1.5-7b", "--plan", "model.llm.path=someorg/unknown-7b"]) == 2
     err = capsys.readouterr().err

@@ -9,9 +9,11 @@ import pytest
 
 from vregion.compress import get_schedule
 from vregion.config import load_config
-from vregion.engine import plan
-from vregion.engine.bench import default_variants, run_bench
-from vregion.engine.bench_report import Projection, StepTiming, add_ratios, log_wandb, schedule_average, variant_row
+from vregion.bench import plan
+from vregion.bench.report import Projection, StepTiming, add_ratios, log_wandb, schedule_average, variant_row
+from vregion.bench.run import default_variants, run_bench
+from vregion.bench.shapes import shape_from_config
+from vregion.bench.variant import parse_variant
 from vregion.engine.run import prepare_data
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -63,12 +65,12 @@ def test_bench_throughput_mfu_and_projection_are_consistent(tiny_bench):
 def test_bench_flops_lie_between_hand_bounds(tiny_bench):
     cfg, result, _ = tiny_bench
     full, pooled = result["rows"]
-    shape = plan.shape_from_config(cfg.model)
+    shape = shape_from_config(cfg.model)
     # Full tuning does at least forward + activation grad + weight grad (3 x 2 x params per token) of every
     # decoder linear on every non-pad token, and at most the plan's cost of max_length tokens with the head
     # on all of them.
     low = 3 * 2 * shape.llm.layers * shape.llm.linear_params * full["tokens_per_sample"]
-    high = plan.sample_flops(shape, plan.variant_from_spec("full", cfg.region), cfg.data.max_length).model
+    high = plan.sample_flops(shape, parse_variant("full", cfg.region), cfg.data.max_length).model
     assert low < full["flops_per_sample"] <= high
 
 
@@ -87,9 +89,9 @@ def test_bench_flops_are_the_plans_for_the_batch_it_trained_on(tiny_bench):
     samples, length = batch["input_ids"].shape
     supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert result["rows"][0]["tokens_per_sample"] == float(batch["attention_mask"].sum()) / samples
-    shape = plan.shape_from_config(cfg.model)
+    shape = shape_from_config(cfg.model)
     for row in result["rows"]:
-        f = plan.sample_flops(shape, plan.variant_from_spec(row["variant"], cfg.region), length,
+        f = plan.sample_flops(shape, parse_variant(row["variant"], cfg.region), length,
                               head_tokens=supervised / samples)
         assert row["flops_per_sample"] == pytest.approx(f.model)
     # freezing 6 of 8 layers' weights and pooling 16 visual tokens to 2 from layer 1 (of ~230) cut ~20%
@@ -149,7 +151,7 @@ def test_projection_and_schedule_average_by_hand():
 
 
 def test_rows_without_a_flop_model_leave_tflops_and_mfu_out():
-    from vregion.engine.bench_report import format_table
+    from vregion.bench.report import format_table
 
     proj = Projection(samples=640, global_batch=64)
     rows = add_ratios([variant_row("gemma", [StepTiming(4.0, 1.0, 2.0, 0.5, 1600.0, 16, None)], 10, 80, 1.0, proj)])
@@ -170,7 +172,7 @@ def test_wandb_offline_run_logs_the_table(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert log_wandb(rows, {}, WandbConfig(mode="offline"), tmp_path, png) is None  # WANDB_MODE=disabled wins
     monkeypatch.setenv("WANDB_MODE", "offline")
-    from vregion.engine.bench_report import plot
+    from vregion.bench.report import plot
 
     plot(rows, png, "full")
     folder = log_wandb(rows, {"gpus": 1}, WandbConfig(mode="disabled", project="bench-test"), tmp_path, png)

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from vregion.engine import plan
+from vregion.bench import plan
 
 
 def proc_status_bytes(field: str) -> int:

@@ -188,7 +188,7 @@ def read_config_json(path: str, field: str, known: dict) -> dict:
         f"{field} {path!r}: the plan has no built-in shape for this hub id (known: {', '.join(known)}) and it "
         f"is not a local folder or in the Hugging Face cache; the plan never downloads. Set {field} to a folder "
         f"holding the model's config.json (e.g. `huggingface-cli download {path} config.json --local-dir DIR` "
-        "on a machine with network), or add the shape to vregion.engine.plan_shapes")
+        "on a machine with network), or add the shape to vregion.bench.shapes")
 
 
 def llm_shape(cfg: ModelConfig) -> LLMShape:

@@ -21,7 +21,7 @@ from vregion.config import WandbConfig
 
 MIB = 2**20
 GIB = 2**30
-# Memory column labels by how the peak was measured (see `vregion.engine.bench` for each method).
+# Memory column labels by how the peak was measured (see `vregion.bench.run` for each method).
 MEMORY_KINDS = {
     "cuda": "GPU memory allocated for this variant alone: what its engine holds once built and warmed up "
             "+ the most one of its steps allocates on top",
@@ -211,7 +211,7 @@ def format_table(rows: list[dict], meta: dict) -> str:
 
 
 def _load_note(meta: dict) -> str:
-    """How busy other processes kept the machine: they distort absolute times most (see bench_probe.OtherLoad)."""
+    """How busy other processes kept the machine: they distort absolute times most (see bench.probe.OtherLoad)."""
     cores = meta.get("other_processes_cores")
     if cores is None:
         return "- other processes' CPU use: unknown."

@@ -1,0 +1,1 @@
+"""`vregion bench`: the analytic cost model (`plan`, for `--plan`) and the measured benchmark (`run`), one Variant."""
