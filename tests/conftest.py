@@ -6,6 +6,11 @@ import sys
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The Triton pooling kernels are defined when vregion_kernels.pool_visual is first imported, and only kernels
+# defined under TRITON_INTERPRET=1 run on CPU tensors. Set it here, before any test module imports vregion (a
+# package conftest is too late: modules of other packages collected earlier may import the kernels first).
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_sessionfinish(session, exitstatus):
