@@ -14,9 +14,6 @@ from vregion.validate import load_and_validate
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoint; `--resume` continues
 
 
-from vregion.config import ConfigError, resolve_config_path
-from vregion.errors import RunDirectoryError
-from vregion.validate import load_and_validate
 def _train(args: argparse.Namespace) -> int:
     cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.engine.run import run_training  # heavy imports only once the config is valid

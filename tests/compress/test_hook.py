@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.models.tiny import padded_mask, tiny_model_config
-from vregion.compress import CompressionHook, Stage, apply_stage, get_compression, pool_visual_spans, set_compression
+from vregion.compress import CompressionHook, PoolingSetting, apply_stage, get_compression, pool_visual_spans, set_compression
 from vregion.models.runner import default_position_ids
 from vregion.models.vlm import build_vlm
 
@@ -145,8 +145,8 @@ def test_hook_management():
     hook = set_compression(model, 1, 4)
     assert get_compression(model) is hook and (hook.layer, hook.stride) == (1, 4)
     assert set_compression(model, 1, 4) is hook  # same setting: no-op
-    assert apply_stage(model, Stage(0, None, None)) is None and get_compression(model) is None
-    assert apply_stage(model, Stage(2, 0, 8)).layer == 0
+    assert apply_stage(model, PoolingSetting(0, None, None)) is None and get_compression(model) is None
+    assert apply_stage(model, PoolingSetting(2, 0, 8)).layer == 0
     with pytest.raises(ValueError, match=r"must be in \[0, 2\)"):
         set_compression(model, 2, 4)
     with pytest.raises(ValueError, match="valid: auto, triton, torch"):

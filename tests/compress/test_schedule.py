@@ -4,7 +4,7 @@ import pytest
 
 from vregion.compress import (
     PRESETS,
-    Stage,
+    PoolingSetting,
     compression_ratio,
     custom_schedule,
     get_schedule,
@@ -28,10 +28,10 @@ def test_presets_match_llavolta():
     assert settings(get_schedule("four-deeper-then-wider")) == ["2/8", "16/8", "16/2", "none"]
     last = get_schedule("last-stage-compression")
     assert settings(last) == ["2/16", "16/16", "16/4"] and [p.fraction for p in last.phases] == [1 / 3] * 3
-    assert inference_stage(last) == Stage(-1, 16, 4)
+    assert inference_stage(last) == PoolingSetting(-1, 16, 4)
     for name in PRESETS:
         if name != "last-stage-compression":
-            assert inference_stage(get_schedule(name)) == Stage(-1, None, None), name
+            assert inference_stage(get_schedule(name)) == PoolingSetting(-1, None, None), name
 
 
 def test_unknown_preset_lists_valid_names():
@@ -68,19 +68,19 @@ def test_thirds_are_exact():
 
 def test_stage_scaled_to_model_depth():
     schedule = get_schedule("last-stage-compression")
-    assert stage_at(schedule, 0, 9, num_layers=40) == Stage(0, 3, 16)
-    assert stage_at(schedule, 8, 9, num_layers=40) == Stage(2, 20, 4)
-    assert inference_stage(schedule, num_layers=4) == Stage(-1, 2, 4)
-    assert stage_at(get_schedule("two"), 5, 9, num_layers=40) == Stage(1, None, None)
+    assert stage_at(schedule, 0, 9, num_layers=40) == PoolingSetting(0, 3, 16)
+    assert stage_at(schedule, 8, 9, num_layers=40) == PoolingSetting(2, 20, 4)
+    assert inference_stage(schedule, num_layers=4) == PoolingSetting(-1, 2, 4)
+    assert stage_at(get_schedule("two"), 5, 9, num_layers=40) == PoolingSetting(1, None, None)
 
 
 def test_custom_schedule():
     schedule = custom_schedule([(2, 8, 0.25), (None, None, 0.75)])
     assert [stage_at(schedule, s, 8).index for s in (0, 1, 2, 7)] == [0, 0, 1, 1]
-    assert inference_stage(schedule) == Stage(-1, None, None)
+    assert inference_stage(schedule) == PoolingSetting(-1, None, None)
     unscaled = custom_schedule(["1/4", "none"], inference="1/2", reference_layers=2)
-    assert stage_at(unscaled, 0, 10, num_layers=2) == Stage(0, 1, 4)
-    assert inference_stage(unscaled, num_layers=2) == Stage(-1, 1, 2)
+    assert stage_at(unscaled, 0, 10, num_layers=2) == PoolingSetting(0, 1, 4)
+    assert inference_stage(unscaled, num_layers=2) == PoolingSetting(-1, 1, 2)
     assert str(custom_schedule([(4, 1, 1.0)]).phases[0]) == "none"  # S = 1 is no compression
 
 

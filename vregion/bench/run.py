@@ -33,7 +33,7 @@ from vregion.bench.shapes import VisionShape, VLMShape, llm_shape, vision_shape
 from vregion.bench.variant import Variant, parse_variant
 from vregion.compress import (
     IGNORE_INDEX,
-    Stage,
+    PoolingSetting,
     apply_stage,
     build_schedule,
     compression_ratio,
@@ -75,7 +75,7 @@ class VariantRun:
 
     spec: str
     owner: EngineRun
-    stage: Stage
+    stage: PoolingSetting
     variant: Variant
     steps: list = field(default_factory=list)
     step_peak_bytes: int = 0  # most memory its warm-up steps added above what was in use before them
@@ -140,7 +140,7 @@ def _build_engine(cfg: Config, variant: Variant) -> EngineRun:
 def _attach(owner: EngineRun, variant: Variant) -> VariantRun:
     layers = owner.engine.module.runner.num_layers
     pooling = variant.pooling
-    stage = Stage(0, None, None) if pooling is None else Stage(0, scale_layer(pooling[0], layers), pooling[1])
+    stage = PoolingSetting(0, None, None) if pooling is None else PoolingSetting(0, scale_layer(pooling[0], layers), pooling[1])
     return VariantRun(variant.name, owner, stage, variant)
 
 

@@ -4,7 +4,10 @@
 - `dispatch`: the same API with the hidden states pooled by the fused Triton kernel on CUDA.
 - `schedule`: presets and custom schedules; the active stage as a function of the optimizer step.
 - `hook`: install a (layer, stride) on a model's decoder runner.
+- `controller`: one run stage's compression (schedule + depth + implementation), built once per stage.
 """
+
+from vregion.compress.controller import UNCOMPRESSED, CompressionController
 
 from vregion.compress.dispatch import IMPLS, pool_rows, pool_visual_spans, resolve_impl
 from vregion.compress.from_config import build_schedule, eval_stage
@@ -15,7 +18,7 @@ from vregion.compress.schedule import (
     REFERENCE_LAYERS,
     Phase,
     Schedule,
-    Stage,
+    PoolingSetting,
     compression_ratio,
     custom_schedule,
     get_schedule,
@@ -27,6 +30,8 @@ from vregion.compress.schedule import (
 )
 
 __all__ = [
+    "UNCOMPRESSED",
+    "CompressionController",
     "build_schedule",
     "eval_stage",
     "IGNORE_INDEX",
@@ -38,7 +43,7 @@ __all__ = [
     "PoolPlan",
     "PooledSequence",
     "Schedule",
-    "Stage",
+    "PoolingSetting",
     "apply_plan",
     "apply_stage",
     "compression_ratio",

@@ -6,7 +6,7 @@ from typing import Optional
 
 from vregion.compress.schedule import (
     Schedule,
-    Stage,
+    PoolingSetting,
     custom_schedule,
     get_schedule,
     inference_stage,
@@ -37,11 +37,11 @@ def inference_setting(text: str, where: str = "compress.inference") -> tuple[Opt
     return parse_pooling(text, where)
 
 
-def eval_stage(cfg: CompressConfig, schedule: Optional[Schedule], num_layers: int) -> Stage:
+def eval_stage(cfg: CompressConfig, schedule: Optional[Schedule], num_layers: int) -> PoolingSetting:
     """Pooling for evaluation: `auto` = the schedule's inference setting, `none`, or an explicit "K/S"."""
     if cfg.inference == "none" or (cfg.inference == "auto" and schedule is None):
-        return Stage(-1, None, None)
+        return PoolingSetting(-1, None, None)
     if cfg.inference == "auto":
         return inference_stage(schedule, num_layers=num_layers)
     k, s = inference_setting(cfg.inference)
-    return Stage(-1, None, None) if k is None else Stage(-1, scale_layer(k, num_layers), s)
+    return PoolingSetting(-1, None, None) if k is None else PoolingSetting(-1, scale_layer(k, num_layers), s)

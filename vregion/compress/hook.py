@@ -17,7 +17,7 @@ import logging
 from typing import Any, Optional
 
 from vregion.compress.dispatch import IMPLS, pool_visual_spans
-from vregion.compress.schedule import Stage
+from vregion.compress.schedule import PoolingSetting
 from vregion.models.runner import DecoderRunner, RunnerState
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,6 @@ def set_compression(model: Any, layer: Optional[int], stride: int = 1, impl: str
     return hook
 
 
-def apply_stage(model: Any, stage: Stage, impl: str = "auto") -> Optional[CompressionHook]:
-    """`set_compression` from a schedule Stage whose K is already scaled to the model (`stage_at(..., num_layers=)`)."""
+def apply_stage(model: Any, stage: PoolingSetting, impl: str = "auto") -> Optional[CompressionHook]:
+    """`set_compression` from a schedule PoolingSetting whose K is already scaled to the model (`stage_at(..., num_layers=)`)."""
     return set_compression(model, stage.layer, stage.stride or 1, impl=impl)

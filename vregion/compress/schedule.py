@@ -50,7 +50,7 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class Stage:
+class PoolingSetting:
     """The active setting: `layer` K (scaled to the model when num_layers was given) and stride S, or None, None.
 
     `index` is the phase's position in the schedule (-1 for the inference setting).
@@ -170,11 +170,11 @@ def scale_layer(layer: int, num_layers: int, reference_layers: int = REFERENCE_L
     return max(0, min(max(scaled, 1), num_layers - 1))
 
 
-def _stage(index: int, setting, schedule: Schedule, num_layers: Optional[int]) -> Stage:
+def _stage(index: int, setting, schedule: Schedule, num_layers: Optional[int]) -> PoolingSetting:
     layer, stride = setting
     if layer is not None and num_layers is not None:
         layer = scale_layer(layer, num_layers, schedule.reference_layers)
-    return Stage(index, layer, stride)
+    return PoolingSetting(index, layer, stride)
 
 
 def stage_boundaries(schedule: Schedule, total_steps: int) -> list[int]:
@@ -188,7 +188,7 @@ def stage_boundaries(schedule: Schedule, total_steps: int) -> list[int]:
     return bounds
 
 
-def stage_at(schedule: Schedule, step: int, total_steps: int, num_layers: Optional[int] = None) -> Stage:
+def stage_at(schedule: Schedule, step: int, total_steps: int, num_layers: Optional[int] = None) -> PoolingSetting:
     """The stage active at an optimizer step.
 
     Args:
@@ -198,7 +198,7 @@ def stage_at(schedule: Schedule, step: int, total_steps: int, num_layers: Option
         total_steps: optimizer steps in the whole training run the schedule spans.
         num_layers: the model's depth; when given, K is scaled with `scale_layer`.
     Returns:
-        Stage(index, K, S), or Stage(index, None, None) for an uncompressed phase. Phase i runs on steps
+        PoolingSetting(index, K, S), or PoolingSetting(index, None, None) for an uncompressed phase. Phase i runs on steps
         [bound_i, bound_{i+1}); with fewer steps than phases some phases get no step.
     """
     if step < 0:
@@ -208,7 +208,7 @@ def stage_at(schedule: Schedule, step: int, total_steps: int, num_layers: Option
     return _stage(index, (phase.layer, phase.stride), schedule, num_layers)
 
 
-def inference_stage(schedule: Schedule, num_layers: Optional[int] = None) -> Stage:
+def inference_stage(schedule: Schedule, num_layers: Optional[int] = None) -> PoolingSetting:
     """The setting kept after training (index -1): uncompressed for every preset but last-stage-compression."""
     return _stage(-1, schedule.inference, schedule, num_layers)
 

@@ -57,12 +57,12 @@ def _evaluate(cfg: Config, out_file: Path, checkpoint: Path | None) -> dict | No
                 model, tokenizer = build_vlm(cfg.model)
             else:
                 model, tokenizer, _ = load_checkpoint(checkpoint)
-            from vregion.compress import apply_stage, build_schedule, eval_stage
+            from vregion.compress import CompressionController
 
-            stage = eval_stage(cfg.compress, build_schedule(cfg.compress), model.runner.num_layers)
-            apply_stage(model, stage, impl=cfg.compress.impl)
+            compression = CompressionController(cfg.compress, model.runner.num_layers)
+            compression.apply(model, compression.inference)
             print(f"evaluating {'the starting model' if checkpoint is None else checkpoint} "
-                  f"(compression {stage}) ...", flush=True)
+                  f"(compression {compression.inference}) ...", flush=True)
             with torch.inference_mode():
                 result = evaluate_model(model, tokenizer, cfg.eval, cfg.model.template, cfg.data.max_length)
             out_file.write_text(json.dumps(result, indent=2))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vregion import distributed as dist
-from vregion.compress import apply_stage, build_schedule, eval_stage, stage_at
+from vregion.compress import CompressionController
 from vregion.config import Config, to_dict
 from vregion.constants import DTYPES
 from vregion.data import consumed_samples
@@ -106,8 +106,7 @@ class StageTrainer:
         if dist.is_main():
             print(parameter_table(self.model, self.plan), flush=True)
         self.data = StageData(cfg, self.model, self.tokenizer)
-        self.schedule = build_schedule(cfg.compress)
-        self.num_layers = self.model.runner.num_layers
+        self.compression = CompressionController(cfg.compress, self.model.runner.num_layers)
         self.total_steps = total_steps(cfg, self.data, dist.world_size())
         self.engine, _, self.scheduler, groups = build_engine(cfg, self.model, self.total_steps)
         self.group_names, self.trainable_numel = groups.names, groups.numel
@@ -121,8 +120,8 @@ class StageTrainer:
         client, rank_state = checkpoint.load(self.engine, self.ckpt_root, tag)
         if dist.is_main():
             print(f"resuming {self.stage_dir.name} from {self.ckpt_root / tag}", flush=True)
-        if self.schedule is not None:
-            expected = stage_at(self.schedule, client["step"], self.total_steps, self.num_layers).index
+        if self.compression.schedule is not None:
+            expected = self.compression.at(client["step"], self.total_steps).index
             if client.get("compress_stage") != expected and dist.is_main():
                 print(f"warning: the checkpoint was in compression stage {client.get('compress_stage')}, the "
                       f"configured schedule puts step {client['step']} in stage {expected}", flush=True)
@@ -133,28 +132,24 @@ class StageTrainer:
             self.engine,
             self.ckpt_root,
             step,
-            client_state={"step": step, "total_steps": self.total_steps, "compress_stage": self._stage(step).index},
+            client_state={"step": step, "total_steps": self.total_steps, "compress_stage": self._pooling(step).index},
             rank_state={"data_position": data_position, "skipped": dict(skipped)},
             keep=self.cfg.train.keep_checkpoints,
         )
 
     # -------------------------------------------------------------------------------------- compression
-    def _stage(self, step: int):
-        """Compression stage for the optimizer step about to run (a function of the step alone, so gradient
-        accumulation cannot shift it and a resumed run lands in the same stage)."""
-        if self.schedule is None:
-            return eval_stage(self.cfg.compress, None, self.num_layers)
-        return stage_at(self.schedule, step, self.total_steps, num_layers=self.num_layers)
+    def _pooling(self, step: int):
+        """Compression setting for the optimizer step about to run (see CompressionController.at)."""
+        return self.compression.at(step, self.total_steps)
 
     def _held_out(self, step: int, dtype) -> dict:
         """Held-out loss (and with eval.in_training, VQA accuracy) under the inference compression setting,
-        then back to the training stage."""
-        apply_stage(self.engine.module, eval_stage(self.cfg.compress, self.schedule, self.num_layers),
-                    impl=self.cfg.compress.impl)
+        then back to the training setting."""
+        self.compression.apply(self.engine.module, self.compression.inference)
         result = {"step": step, "eval_loss": held_out_loss(self.engine, self.data, self.cfg.train.eval_batches, dtype)}
         if self.cfg.eval.in_training and self.cfg.eval.vqa_shards:
             result["eval_vqa_accuracy"] = held_out_accuracy(self.engine.module, self.tokenizer, self.cfg)
-        apply_stage(self.engine.module, self._stage(min(step, self.total_steps - 1)), impl=self.cfg.compress.impl)
+        self.compression.apply(self.engine.module, self._pooling(min(step, self.total_steps - 1)))
         return result
 
     # -------------------------------------------------------------------------------------------- loop
@@ -195,9 +190,9 @@ class StageTrainer:
         trained_tokens = trained_samples = 0.0
         last_eval = None
         while step < self.total_steps:
-            stage = self._stage(step)
-            if self.schedule is not None:
-                apply_stage(self.engine.module, stage, impl=self.cfg.compress.impl)
+            pooling = self._pooling(step)
+            if self.compression.schedule is not None:
+                self.compression.apply(self.engine.module, pooling)
             lrs = self.scheduler.get_last_lr()  # the rates this step uses (stepping moves them to the next's)
             t0 = time.perf_counter()
             loss_sum = tokens = samples = 0.0
@@ -225,9 +220,10 @@ class StageTrainer:
             trained_samples += samples
             if step % self.cfg.train.log_every == 0 or step == self.total_steps:
                 record = self._record(step, loss, lrs, elapsed, tokens, samples, skipped)
-                if self.schedule is not None:
-                    record.update(compress_stage=stage.index, compress_layer=stage.layer if stage.compressed else -1,
-                                  compress_stride=stage.stride or 1)
+                if self.compression.schedule is not None:
+                    record.update(compress_stage=pooling.index,
+                                  compress_layer=pooling.layer if pooling.compressed else -1,
+                                  compress_stride=pooling.stride or 1)
                 logger.log(record)
                 logger.progress(step, loss, record["tokens_per_s"])
             every = self.cfg.train.eval_every

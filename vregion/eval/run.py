@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from vregion import distributed as dist
-from vregion.config import CompressConfig, ConfigError, EvalConfig, from_dict
+from vregion.config import ConfigError, EvalConfig
 from vregion.constants import DTYPES
 from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
 from vregion.data.decode import SampleDecoder
@@ -123,16 +123,15 @@ def reduce_results(results: dict) -> dict:
 
 def load_for_eval(checkpoint: str | Path, compress: str, dtype: torch.dtype):
     """(model on this rank's device, tokenizer, config dict, compression stage applied to the model)."""
-    from vregion.compress import apply_stage, build_schedule, eval_stage
+    from vregion.compress import CompressionController
     from vregion.models import load_checkpoint
 
     model, tokenizer, config = load_checkpoint(checkpoint, dtype)
     model.to(dist.device()).eval()
-    ccfg = from_dict(CompressConfig, config.get("compress") or {}, "compress")
-    if compress != "auto":  # auto: the checkpoint's own compress.inference (its schedule's setting, or a K/S)
-        ccfg.inference = compress
-    stage = eval_stage(ccfg, build_schedule(ccfg), model.runner.num_layers)
-    apply_stage(model, stage, impl=ccfg.impl)
+    # auto: the checkpoint's own compress.inference (its schedule's setting, or a K/S)
+    compression = CompressionController.from_config_dict(config, model.runner.num_layers, inference=compress)
+    stage = compression.inference
+    compression.apply(model, stage)
     return model, tokenizer, config, stage
 
 

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AddedToken, LlavaConfig, LlavaForConditionalGeneration
 
-from vregion.config import CompressConfig, ModelConfig, from_dict
+from vregion.config import ModelConfig, from_dict
 from vregion.data.jinja_template import build_jinja_template
 from vregion.data.templates import get_template
 from vregion.models.backbones import HFViTBackbone
@@ -226,11 +226,10 @@ def inference_compression(config: dict, num_layers: int) -> dict | None:
     """{"layer": K, "stride": S} the checkpoint pools visual tokens with at inference (K scaled to `num_layers`,
     as evaluation and generation apply it), or None when it runs uncompressed."""
     # Imported here: vregion.compress installs hooks on vregion.models, so it sits above this package.
-    from vregion.compress import build_schedule, eval_stage
+    from vregion.compress import CompressionController
 
-    ccfg = from_dict(CompressConfig, config.get("compress") or {}, "compress")
-    stage = eval_stage(ccfg, build_schedule(ccfg), num_layers)
-    return None if stage.layer is None else {"layer": stage.layer, "stride": stage.stride}
+    setting = CompressionController.from_config_dict(config, num_layers).inference
+    return None if setting.layer is None else {"layer": setting.layer, "stride": setting.stride}
 
 
 def _compression_setting(config: dict, compression: dict) -> str:
