@@ -15,6 +15,7 @@ returns the path. Run `python -m vregion.assets` to prepare everything.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.metadata
 import os
@@ -219,12 +220,15 @@ def resolve_asset(value: str | None, cache_dir: str | Path | None = None) -> str
     return str(root / sub) if sub else str(root)
 
 
-def resolve_config_assets(cfg) -> None:
-    """Replace every `asset:` path of a vregion Config (model weights, shards) by its prepared local path."""
+def resolve_config_assets(cfg):
+    """A copy of a vregion Config whose `asset:` paths (model weights, shards) are the prepared local paths; the
+    argument is left unchanged."""
+    cfg = copy.deepcopy(cfg)
     fields = [(cfg.model.llm, "path"), (cfg.model.vision, "path"), (cfg.data, "train_shards"),
               (cfg.data, "eval_shards"), (cfg.eval, "vqa_shards"), (cfg.eval, "caption_shards")]
     for section, name in fields:
         setattr(section, name, resolve_asset(getattr(section, name), cfg.model.llm.cache_dir))
+    return cfg
 
 
 def sample_reply(folder: str | Path, prompt: str, max_new_tokens: int = 32) -> str:

@@ -71,7 +71,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.plan:
         from vregion.bench.plan import plan_text
 
-        resolve_config_assets(stage)  # a local model's shape comes from its config.json
+        stage = resolve_config_assets(stage)  # a local model's shape comes from its config.json
         try:
             print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
         except ValueError as e:  # a model the plan has no shape for: say which, and what to provide
@@ -79,10 +79,10 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     from vregion.bench.run import default_variants, run_bench, schedule_variants
     from vregion.bench.report import Projection
-    from vregion.engine.run import prepare_data
+    from vregion.engine.prepare import prepare_data
 
     stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
-    resolve_config_assets(stage)
+    stage = resolve_config_assets(stage)
     out = Path(args.out or Path(stage.run.output_dir) / "bench")
     variants, schedule = (args.variants.split(","), None) if args.variants else default_variants(stage)
     if args.schedule:

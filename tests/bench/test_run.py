@@ -14,7 +14,7 @@ from vregion.bench.report import Projection, StepTiming, add_ratios, log_wandb, 
 from vregion.bench.run import default_variants, run_bench
 from vregion.bench.shapes import shape_from_config
 from vregion.bench.variant import parse_variant
-from vregion.engine.run import prepare_data
+from vregion.engine.prepare import prepare_data
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROJECTION = Projection(samples=10_000, epochs=2.0, global_batch=64, gpus=4)

@@ -25,11 +25,11 @@ from vregion.engine.evaluate import held_out_accuracy, held_out_loss
 from vregion.engine.factory import build_engine
 from vregion.engine.inputs import StageData, model_inputs
 from vregion.engine.metrics import MetricsLogger
+from vregion.engine.prepare import FINAL
 from vregion.engine.state_dict import gather_state_dict, merge_lora_state_dict
 from vregion.models import build_vlm, save_state_dict
 from vregion.region import apply_region, parameter_counts, parameter_table
 
-FINAL = "final"
 
 
 # SLURM sends SIGTERM before preempting (and `#SBATCH --signal=USR1@120` a warning ahead of the time limit).

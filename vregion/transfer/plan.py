@@ -151,7 +151,8 @@ def run_transfer(cfg: Config, resume: bool = False) -> list[dict]:
         the stage summaries of run_training.
     """
     from vregion.assets import resolve_config_assets
-    from vregion.engine.run import prepare_data, run_training
+    from vregion.engine.prepare import prepare_data
+    from vregion.engine.run import run_training
 
     if not cfg.transfer.source:
         raise ConfigError("transfer.source must name the source vregion checkpoint")
@@ -163,7 +164,7 @@ def run_transfer(cfg: Config, resume: bool = False) -> list[dict]:
     if not resume and init_dir.exists():
         raise RunDirectoryError(f"{init_dir} exists from an earlier transfer: pass --resume to continue it, "
                                 "or choose another run.output_dir")
-    resolve_config_assets(cfg)
+    cfg = resolve_config_assets(cfg)
     check_vision(cfg.model.vision, cfg.transfer.source)
     cfg.model.projector = target_projector_config(cfg.model.projector, cfg.transfer.source)
     cfg = transfer_config(cfg, init_dir)  # validate the stages before minutes of alignment
