@@ -8,6 +8,7 @@ VPGTrans stage 1d), then the config's own stages (a config without stages trains
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import json
 import logging
 import time
@@ -157,16 +158,16 @@ def run_transfer(cfg: Config, resume: bool = False) -> list[dict]:
     if not cfg.transfer.source:
         raise ConfigError("transfer.source must name the source vregion checkpoint")
     dist.init_distributed()
-    cfg = copy.deepcopy(cfg)
     run_dir = Path(cfg.run.output_dir).expanduser().resolve()
-    cfg.run.output_dir = str(run_dir)
+    cfg = replace(cfg, run=replace(cfg.run, output_dir=str(run_dir)))  # a new config; the caller's stays as it was
     init_dir = run_dir / INIT_DIR
     if not resume and init_dir.exists():
         raise RunDirectoryError(f"{init_dir} exists from an earlier transfer: pass --resume to continue it, "
                                 "or choose another run.output_dir")
     cfg = resolve_config_assets(cfg)
     check_vision(cfg.model.vision, cfg.transfer.source)
-    cfg.model.projector = target_projector_config(cfg.model.projector, cfg.transfer.source)
+    cfg = replace(cfg, model=replace(cfg.model, projector=target_projector_config(cfg.model.projector,
+                                                                                  cfg.transfer.source)))
     cfg = transfer_config(cfg, init_dir)  # validate the stages before minutes of alignment
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = prepare_data(cfg, run_dir)  # synthetic shards are the default alignment corpus
