@@ -113,9 +113,15 @@ def _data_demo(args: argparse.Namespace) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from vregion.data import make_synthetic_shards
+    from vregion.data.profile_synth import make_profile_shards
+    from vregion.data.profiles import describe_profiles
 
-    print(make_synthetic_shards(args.out, args.num, args.image_size, args.seed, args.samples_per_shard))
+    if args.profile == "list":
+        print("\n".join(describe_profiles()))
+        return 0
+    if args.out is None:
+        raise SystemExit("vregion data synth: OUT is required (except with --profile list)")
+    print(make_profile_shards(args.out, args.profile, args.num, args.image_size, args.seed, args.samples_per_shard))
     return 0
 
 
@@ -287,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fashion-train", type=int, default=2000)
     demo.add_argument("--fashion-eval", type=int, default=200)
     demo.set_defaults(func=_data_demo)
-    synth = data.add_parser("synth", help="generated coloured-shape shards for smoke runs")
-    synth.add_argument("out")
+    synth = data.add_parser("synth", help="generated shards for smoke runs (coloured shapes) or a length profile")
+    synth.add_argument("out", nargs="?")
+    synth.add_argument("--profile", default="shapes",
+                       help="shapes (default) | llava-665k (LLaVA-1.5 mix lengths) | list (print the profiles)")
     synth.add_argument("--num", type=int, default=256)
     synth.add_argument("--image-size", type=int, default=32)
     synth.add_argument("--seed", type=int, default=0)
