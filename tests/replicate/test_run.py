@@ -15,7 +15,7 @@ from tests.replicate.runs import SUMMARY_KEYS, write_run
 from vregion.config import ConfigError, RegionConfig, from_dict
 from vregion.region.apply import region_layers_for
 from vregion.region.ranking import METRICS
-from vregion.replicate import run as replicate_run
+from vregion import subprocess_runs
 from vregion.replicate.run import run_replication
 
 DEPTH = 30
@@ -74,7 +74,7 @@ class FakeVregion:
 @pytest.fixture
 def fake(monkeypatch):
     recorder = FakeVregion()
-    monkeypatch.setattr(replicate_run.subprocess, "run", recorder)
+    monkeypatch.setattr(subprocess_runs.subprocess, "run", recorder)  # where replicate starts its `vregion` runs
     return recorder
 
 
