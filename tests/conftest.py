@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,3 +34,13 @@ def pytest_unconfigure(config):
     distributed = sys.modules.get("vregion.distributed")
     if distributed is not None:
         distributed.shutdown(wait_for_peers=False)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Building a model fails the test: a bad command-line value must be refused before that (and fast)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built before the bad value was refused")
+
+    monkeypatch.setattr("vregion.models.vlm.build_vlm", refuse)

@@ -25,14 +25,6 @@ def root(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built before the bad value was refused")
-
-    monkeypatch.setattr("vregion.models.vlm.build_vlm", refuse)
-
-
 @pytest.mark.parametrize("compress, message", [
     ("40/2", "--compress: K must be an int in [0, 32) (0 pools before the LLM), got 40"),
     ("2/0", "--compress: S must be an int >= 1, got 0"),

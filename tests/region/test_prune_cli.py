@@ -35,16 +35,6 @@ def root(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Building a model fails the test: a bad value must be refused before that."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was built before the bad value was refused")
-
-    monkeypatch.setattr("vregion.models.vlm.build_vlm", refuse)
-
-
 def prune(root, *extra, folder="ckpt", out="out") -> list[str]:
     return ["prune", str(root / folder), "--data", str(root / "vqa"), "--out", str(root / out), "--max-samples",
             "4", *extra]
