@@ -35,7 +35,7 @@ def test_bench_writes_md_json_png_with_the_new_columns(tiny_bench):
     _, result, out = tiny_bench
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(result))
     md = (out / "bench.md").read_text()
-    for column in ("samples/s", "tokens/s", "TFLOP/s", "MFU", "optimizer state / rank", "peak mem / rank",
+    for column in ("samples/s", "tokens/s", "padding", "TFLOP/s", "MFU", "optimizer state / rank", "peak mem / rank",
                    "4-GPU wall h", "GPU-hours", "vs full"):
         assert column in md.splitlines()[0]
     assert [line.split("|")[1].strip() for line in md.splitlines()[2:4]] == ["full", "region@2/8"]
@@ -60,6 +60,26 @@ def test_bench_throughput_mfu_and_projection_are_consistent(tiny_bench):
     assert pooled["tokens_per_s_ratio"] == pytest.approx(pooled["tokens_per_s"] / full["tokens_per_s"])
     assert pooled["gpu_hours_ratio"] == pytest.approx(pooled["projected_gpu_hours"] / full["projected_gpu_hours"])
     assert full["tokens_per_s_ratio"] == 1.0
+
+
+def test_bench_padding_share_is_the_padded_positions_of_the_batches_it_trained_on(tiny_bench):
+    """Padding share = 1 - real tokens / (rows x padded length), from the very batches the bench consumed: the
+    same loader, seed and step count give the same batches here."""
+    import itertools
+
+    from vregion.engine.inputs import StageData
+    from vregion.models import build_vlm
+
+    cfg, result, _ = tiny_bench
+    model, tokenizer = build_vlm(cfg.model)
+    batches = StageData(cfg, model, tokenizer).train_loader()
+    for row in result["rows"]:
+        assert 0.0 < row["padding_share"] < 1.0  # the generated data varies in length: some padding
+    # `full` has its own engine and stream: the step that creates the optimizer state, one warm-up step, then
+    # the timed one (1 round x 1 step, grad-accum 1)
+    *_, timed = itertools.islice(batches, 3)
+    expected = 1.0 - float(timed["attention_mask"].sum()) / timed["attention_mask"].numel()
+    assert result["rows"][0]["padding_share"] == pytest.approx(expected)
 
 
 def test_bench_flops_lie_between_hand_bounds(tiny_bench):
@@ -144,6 +164,9 @@ def test_projection_and_schedule_average_by_hand():
     assert avg["achieved_tflops"] == pytest.approx((0.5 * 8e12 / 16 + 0.5 * 4e12 / 16) / (15 / 32) / 1e12)
     assert avg["projected_gpu_hours"] == pytest.approx(0.5 * 1.0 + 0.5 * pooled["projected_gpu_hours"])
     assert avg["peak_mem_bytes_per_rank"] == 300
+    assert row["padding_share"] is None  # positions not recorded: no padding share, not a made-up 0%
+    padded = [StepTiming(1.0, 0.2, 0.5, 0.1, 300.0, 4, None, positions=400.0)] * 2
+    assert variant_row("p", padded, 1, 1, 1.0, proj)["padding_share"] == pytest.approx(0.25)
     rows = add_ratios([row, pooled, avg])
     assert rows[1]["tokens_per_s_ratio"] == pytest.approx(2.0) and rows[1]["peak_mem_ratio"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="needs the variant 'full@2/8'"):

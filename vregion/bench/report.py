@@ -36,8 +36,9 @@ MEMORY_KINDS = {
 @dataclass
 class StepTiming:
     """One timed optimizer step: wall seconds and their forward / backward / optimizer-step parts, the data
-    it consumed (non-pad tokens before any pooling, samples) and the FLOPs the plan says it did (None: the
-    plan has no FLOP model for the LLM)."""
+    it consumed (non-pad tokens before any pooling, samples), the token positions its batches held (padding
+    included: what the model computed on) and the FLOPs the plan says it did (None: the plan has no FLOP model
+    for the LLM)."""
 
     seconds: float
     forward: float
@@ -46,6 +47,7 @@ class StepTiming:
     tokens: float
     samples: int
     flops: Optional[float]
+    positions: float = 0.0  # batch rows x padded length, summed over micro-batches (0: not recorded)
 
 
 @dataclass
@@ -89,6 +91,7 @@ def variant_row(name: str, steps: list[StepTiming], trainable: int, state_bytes:
         "tokens_per_sample": sum(s.tokens for s in steps) / samples,
         "samples_per_s": samples / seconds,
         "tokens_per_s": sum(s.tokens for s in steps) / seconds,
+        "padding_share": padding_share(steps),
         "flops_per_sample": None if flops is None else flops / samples,
         "achieved_tflops": achieved,
         "mfu": None if achieved is None else achieved / peak_tflops,
@@ -100,6 +103,12 @@ def variant_row(name: str, steps: list[StepTiming], trainable: int, state_bytes:
         "projected_gpu_hours": wall_s * projection.gpus / 3600,
         **extra,
     }
+
+
+def padding_share(steps: list[StepTiming]) -> Optional[float]:
+    """Share of the batches' token positions that were padding (computed but not data); None if not recorded."""
+    positions = sum(s.positions for s in steps)
+    return None if positions <= 0 else 1.0 - sum(s.tokens for s in steps) / positions
 
 
 def schedule_average(rows: list[dict], schedule: Schedule, base: str, peak_tflops: float,
@@ -136,6 +145,7 @@ def schedule_average(rows: list[dict], schedule: Schedule, base: str, peak_tflop
         "tokens_per_sample": ref["tokens_per_sample"],
         "samples_per_s": 1 / sec_per_sample,
         "tokens_per_s": ref["tokens_per_sample"] / sec_per_sample,
+        "padding_share": ref.get("padding_share"),  # same data in every phase, counted before pooling
         "flops_per_sample": flops_per_sample,
         "achieved_tflops": achieved,
         "mfu": None if achieved is None else achieved / peak_tflops,
@@ -174,10 +184,10 @@ def format_table(rows: list[dict], meta: dict) -> str:
     """Markdown table (ratios to the first row beside each measure) and the notes needed to read it."""
     base, proj = rows[0]["variant"], meta["projection"]
     lines = [
-        f"| variant | step s (median, min-max) | fwd / bwd / opt s | samples/s | tokens/s | vs {base} | "
+        f"| variant | step s (median, min-max) | fwd / bwd / opt s | samples/s | tokens/s | vs {base} | padding | "
         f"TFLOP/s | MFU | trainable params | optimizer state / rank | peak mem / rank | vs {base} | "
         f"{proj['gpus']}-GPU wall h | GPU-hours | vs {base} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = "" if r["min_step_s"] is None else f" ({r['min_step_s']:.2f}-{r['max_step_s']:.2f})"
@@ -185,7 +195,8 @@ def format_table(rows: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['variant']} | {r['median_step_s']:.2f}{spread} | "
             f"{r['forward_s']:.2f} / {r['backward_s']:.2f} / {r['optimizer_s']:.2f} | {r['samples_per_s']:.2f} | "
-            f"{r['tokens_per_s']:,.0f} | {_x(r['tokens_per_s_ratio'])} | {_num(r['achieved_tflops'], '{:.3f}')} | "
+            f"{r['tokens_per_s']:,.0f} | {_x(r['tokens_per_s_ratio'])} | {_num(r.get('padding_share'), '{:.1%}')} | "
+            f"{_num(r['achieved_tflops'], '{:.3f}')} | "
             f"{_num(r['mfu'], '{:.1%}')} | {r['trainable_params']:,} | "
             f"{r['optimizer_state_bytes_per_rank'] / MIB:,.1f} MiB | "
             f"{mem} | {_x(r['peak_mem_ratio'])} | {r['projected_wall_h']:,.1f} | {r['projected_gpu_hours']:,.1f} | "

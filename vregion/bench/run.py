@@ -183,6 +183,7 @@ def timed_step(run: VariantRun) -> StepTiming:
         t3 = _now(cuda)
         t.forward, t.backward, t.optimizer = t.forward + t1 - t0, t.backward + t2 - t1, t.optimizer + t3 - t2
         t.tokens += float(batch["attention_mask"].sum())
+        t.positions += float(batch["attention_mask"].numel())  # rows x padded length: what the model ran on
         t.samples += int(batch["input_ids"].shape[0])
         flops = _batch_flops(run, batch)
         t.flops = None if flops is None else t.flops + flops
