@@ -112,10 +112,16 @@ class VisionLanguageModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
         image_spans: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
         return_logits: bool = True,
         **ignored: Any,
     ) -> dict[str, Any]:
         """Returns dict(loss=scalar or None, logits=(B, T', V) or None, num_label_tokens=int).
+
+        Packed rows (`data.packing`) pass `segment_ids` (B, T), the sample each token belongs to, and
+        `position_ids` restarting per sample (see `vregion.data.packing`); every sample then computes exactly
+        what it computes alone, and the loss is the mean over all supervised tokens of the rows.
 
         T' == T unless a `runner.between_layers` hook shortened the sequence; such a hook must keep
         `state.extras["labels"]` aligned, and the loss uses the labels it leaves there.
@@ -123,7 +129,7 @@ class VisionLanguageModel(nn.Module):
         positions: the same loss without the (B, T, V) logits, the largest activation of a small LLM.
         """
         embeds = self.embed(input_ids, pixel_values, image_spans)  # (B, T, D)
-        state = self.runner.prepare(embeds, attention_mask)
+        state = self.runner.prepare(embeds, attention_mask, position_ids, segment_ids)
         state.extras.update(labels=labels, image_spans=image_spans)
         state = self.runner.run_layers(state)
         labels = state.extras["labels"]
