@@ -102,6 +102,10 @@ class DataConfig:
     max_length: int = _f(2048, "max tokens per sample; truncation never cuts inside visual tokens", ge=1)
     shuffle_buffer: int = _f(1000, "seeded shuffle buffer size in samples (0 disables)", ge=0)
     num_workers: int = _f(0, "data-loader worker processes per rank", ge=0)
+    packing: bool = _f(False, "training: pack each micro-batch's samples into rows of up to max_length tokens "
+                       "(no attention across samples; micro_batch_size still counts samples)")
+    group_by_length: int = _f(0, "training: sort windows of this many micro-batches by (text-only, length) so a "
+                              "micro-batch holds similar lengths, LLaVA-style; 0 = off", ge=0)
     synthetic: SyntheticDataConfig = _f(SyntheticDataConfig(), "generated data for smoke runs")
 
 
