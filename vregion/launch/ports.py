@@ -35,7 +35,10 @@ def port_window(ephemeral: tuple[int, int]) -> range:
     for window in candidates:
         if len(window) >= MIN_WINDOW:
             return window
-    return max(candidates, key=len)  # an odd kernel setting: the widest gap left
+    widest = max(candidates, key=len)  # an odd kernel setting: the widest gap left
+    if not widest:
+        raise RuntimeError(f"every port from 1024 is in the ephemeral range {low}-{high}: set MASTER_PORT")
+    return widest
 
 
 def default_port(job_id: int, ephemeral: tuple[int, int] | None = None) -> int:
