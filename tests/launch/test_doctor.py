@@ -25,7 +25,8 @@ def _doctor(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
 
 
 def test_doctor_on_one_node_reports_versions_and_checks_the_output_folder_and_shards(tmp_path):
-    proc = _doctor("tiny", f"run.output_dir={tmp_path}/run", env={"MASTER_PORT": str(free_port())})
+    port = ports.choose_port(os.getpid())
+    proc = _doctor("tiny", f"run.output_dir={tmp_path}/run", env={"MASTER_PORT": str(port)})
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     rows = dict(line.split(None, 1) for line in out.splitlines()[1:] if line and not line.startswith("vregion"))
@@ -34,13 +35,20 @@ def test_doctor_on_one_node_reports_versions_and_checks_the_output_folder_and_sh
 
     assert rows["torch"].strip() == torch.__version__ and rows["transformers"].strip() == transformers.__version__
     assert rows["output_dir"].strip() == "ok" and rows["accelerators"].strip() == "none (CPU)"
-    assert rows["rendezvous"].strip().endswith("free")
+    assert rows["rendezvous"].strip() == f"127.0.0.1:{port} free"
     assert not (tmp_path / "run" / MARKER).exists()  # the marker is removed after the check
 
     missing = _doctor("tiny", f"run.output_dir={tmp_path}/run", f"data.train_shards={tmp_path}/none.tar")
     out, _ = missing.communicate(timeout=120)
     assert missing.returncode == PREFLIGHT_FAILED
     assert "shards: MISSING data.train_shards: shard not found" in out
+
+    # A port the kernel may hand to any outgoing connection is still usable, and flagged.
+    ephemeral = free_port()
+    assert ports.in_ephemeral_range(ephemeral)
+    flagged = _doctor(env={"MASTER_PORT": str(ephemeral)})
+    out, _ = flagged.communicate(timeout=120)
+    assert flagged.returncode == 0 and f"{ephemeral} free (inside the ephemeral range: may collide)" in out
 
     bad = _doctor("tiny", "--timeout", "-1")
     out, _ = bad.communicate(timeout=60)
