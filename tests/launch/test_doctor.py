@@ -59,10 +59,11 @@ def test_doctor_fails_on_a_busy_rendezvous_port(tmp_path):
     with socket.socket() as busy:
         busy.bind(("", 0))
         busy.listen()
-        proc = _doctor(env={"MASTER_PORT": str(busy.getsockname()[1])})
+        port = busy.getsockname()[1]
+        proc = _doctor(env={"MASTER_PORT": str(port)})
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == PREFLIGHT_FAILED, out
-    assert f"rendezvous port {busy.getsockname()[1]} is in use" in out
+    assert f"rendezvous port {port} is in use" in out
 
 
 def test_two_tasks_exchange_reports_and_the_one_with_another_transformers_is_named(tmp_path):
