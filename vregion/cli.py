@@ -17,14 +17,25 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoin
 def _train(args: argparse.Namespace) -> int:
     cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.engine.run import run_training  # heavy imports only once the config is valid
+    from vregion.engine.exit_status import write_exit_status
     from vregion.engine.trainer import Preempted
 
     try:
         run_training(cfg, resume=args.resume)
     except Preempted as stop:
         print(f"vregion: {stop}", file=sys.stderr)
+        write_exit_status(PREEMPTED_EXIT, stop.step, stop.signal_name)
         return PREEMPTED_EXIT
+    write_exit_status(0)
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from vregion.launch.preflight import run_doctor
+
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    return run_doctor(args.config, args.overrides, timeout=args.timeout)
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -209,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 region.count=8")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.set_defaults(func=_train)
+
+    doctor = sub.add_parser("doctor", help="check this node, or under srun every node, before a multi-node job: "
+                            "versions, accelerators, config, shards, output directory, rendezvous port")
+    doctor.add_argument("config", nargs="?", default=None, help="the config the job will train (omit to check "
+                        "only software, accelerators and the port)")
+    doctor.add_argument("overrides", nargs="*", help="the job's dotted overrides")
+    doctor.add_argument("--timeout", type=float, default=30.0, help="seconds the first node waits for the "
+                        "others' reports (and they for it)")
+    doctor.set_defaults(func=_doctor)
 
     transfer = sub.add_parser("transfer", help="VPG transfer: init from transfer.source, projector warm-up, then train")
     transfer.add_argument("config", help="target config (model = target LLM; transfer.source = source checkpoint)")

@@ -39,9 +39,13 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class Preempted(Exception):
     """The run was asked to stop by a signal; a complete checkpoint of `step` was written first."""
 
-    def __init__(self, step: int):
-        super().__init__(f"stopped by a signal after step {step}; checkpoint written, continue with --resume")
+    def __init__(self, step: int, signal_name: str | None = None):
+        by = signal_name or "a signal"
+        super().__init__(f"stopped by {by} after step {step}; checkpoint written, continue with --resume")
         self.step = step
+        # The signal this rank received, or None when another rank's signal stopped the run (ranks stop
+        # together): the batch script tells a cancel (SIGTERM) from a time-limit warning (SIGUSR1) by it.
+        self.signal_name = signal_name
 
 
 class NonFiniteLossError(RuntimeError):
@@ -155,10 +159,14 @@ class StageTrainer:
     # -------------------------------------------------------------------------------------------- loop
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
+        # The first signal names the stop: a cancel that follows a time-limit warning is still reported as
+        # the warning that started it, the stop itself being the same checkpoint.
+        self.stop_signal = self.stop_signal or signal.Signals(signum).name
 
     def run(self) -> dict:
         """Train the stage; on SIGTERM/SIGUSR1 finish the step, checkpoint, and raise Preempted."""
         self.stop_requested = False
+        self.stop_signal = None
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._request_stop) for sig in PREEMPT_SIGNALS}
@@ -244,7 +252,7 @@ class StageTrainer:
                 if not (save_every and step % save_every == 0):
                     self._save(step, data_position, skipped)
                 logger.close()
-                raise Preempted(step)
+                raise Preempted(step, self.stop_signal)
         wall = time.perf_counter() - started
         if self.data.has_eval:
             last_eval = self._held_out(step, dtype)
