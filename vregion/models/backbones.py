@@ -7,7 +7,6 @@ data pipeline (which needs the resolution and normalisation) never branch on the
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from vregion.config import VisionConfig
+from vregion.models.checkpoint import architecture_only
 from vregion.models.efficientnet import build_efficientnet_lite0
 
 # OpenAI CLIP's normalisation (also used by LLaVA-1.5's CLIP ViT-L/14-336); SigLIP maps pixels to [-1, 1].
@@ -100,17 +100,6 @@ class HFViTBackbone(VisionBackbone):
         out = self.model(pixel_values=pixel_values, output_hidden_states=True, **kwargs)
         hidden = out.hidden_states[self.feature_layer]  # (M, prefix + num_tokens, hidden)
         return hidden[:, self.num_prefix_tokens :]  # (M, num_tokens, hidden)
-
-
-def architecture_only(path: str | None) -> bool:
-    """Whether `path` is a local folder holding a config.json and no weight files (an imported or pruned
-    checkpoint's `vision/` or `llm/`): such a part is built with random weights that a checkpoint then replaces."""
-    if not path:
-        return False
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").is_file():
-        return False
-    return not any(folder.glob(pattern) for pattern in ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth"))
 
 
 def _load_hf_tower(cfg: VisionConfig, model_cls: type, config_cls: type, tiny_defaults: dict) -> nn.Module:

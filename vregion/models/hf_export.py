@@ -36,18 +36,12 @@ from torch import nn
 from transformers import AddedToken, LlavaConfig, LlavaForConditionalGeneration
 
 from vregion.config import ModelConfig, from_dict
-from vregion.data.jinja_template import build_jinja_template
-from vregion.data.templates import get_template
 from vregion.models.backbones import HFViTBackbone
 from vregion.models.checkpoint import CONFIG_FILE, MODEL_FILE
+from vregion.models.llava_format import HF_TEXT, HF_VISION, IMAGE_TOKEN, chat_template
 from vregion.models.projectors import LinearProjector, MLPProjector
 from vregion.models.vlm import load_checkpoint
 
-IMAGE_TOKEN = "<image>"
-# Vision tower -> (vision_feature_select_strategy, tokens LLaVA's processor adds per image before selection).
-HF_VISION = {"clip": ("default", 1), "siglip": ("full", 0)}
-# Text families whose decoder-runner parity vregion tests (model_type as in the HF config).
-HF_TEXT = ("llama", "mistral", "qwen2", "gemma3_text")
 FORMATS = ("auto", "hf")
 VREGION_LOADER = (
     "from vregion.models import load_checkpoint\n"
@@ -133,19 +127,6 @@ def _text_state(llm: nn.Module, vocab: int) -> tuple[dict[str, torch.Tensor], di
         decoder["embed_tokens.weight"] = grow(decoder["embed_tokens.weight"])
         head["weight"] = grow(head["weight"])
     return decoder, head
-
-
-def _adds_bos(tokenizer, bos: str) -> bool:
-    """Whether encoding text (special tokens on, as the processor does) already starts it with `bos`."""
-    if not bos:
-        return False
-    ids, plain = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
-    return len(ids) > len(plain) and ids[0] == tokenizer.convert_tokens_to_ids(bos)
-
-
-def chat_template(tokenizer, template: str) -> str:
-    """Jinja chat template rendering `template`'s training text; the BOS text is left to a tokenizer adding it."""
-    return build_jinja_template(template, with_bos=not _adds_bos(tokenizer, get_template(template).bos))
 
 
 def image_processor(vision: HFViTBackbone):

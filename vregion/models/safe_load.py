@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from vregion.config import ConfigError
+from vregion.models.import_source import ImportRefused
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 # Sharded folders name their files in an index; a single file otherwise (safetensors first, as transformers does).
@@ -24,7 +24,7 @@ INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE = ("model.safetensors", "pytorch_model.bin")
 
 
-class UnsafeFileError(ConfigError):
+class UnsafeFileError(ImportRefused):
     """A weight file that holds more than tensors (its pickle would run code), or is no weight file at all."""
 
 
