@@ -15,6 +15,7 @@ from tests.models.tiny import tiny_model_config
 from vregion.cli import main
 from vregion.config import ModelConfig, from_dict
 from vregion.models import build_vlm, load_checkpoint
+from vregion.models.checkpoint import read_config
 from vregion.models.hf_export import export_checkpoint
 from vregion.models.importer import ImportRefused, import_checkpoint
 
@@ -83,7 +84,7 @@ def test_original_llava_checkpoint_imports_with_equal_logits(tmp_path, with_towe
 
 def imported_model_config(ckpt, **changes) -> ModelConfig:
     """The model section of an imported checkpoint as a training config would name it (absolute paths)."""
-    cfg = from_dict(ModelConfig, json.loads(json.dumps(load_checkpoint.__globals__["read_config"](ckpt)["model"])))
+    cfg = from_dict(ModelConfig, read_config(ckpt)["model"])
     cfg.vision.path, cfg.llm.path = str(ckpt / "vision"), str(ckpt / "llm")
     for key, value in changes.items():
         setattr(cfg, key, value)

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import CLIPVisionModel, SiglipVisionModel
 
 from vregion.config import ModelConfig, from_dict, to_dict
-from vregion.models.checkpoint import (CONFIG_FILE, MODEL_FILE, TOKENIZER_DIR, fill_tied, load_weights,
+from vregion.models.checkpoint import (CONFIG_FILE, MODEL_FILE, fill_tied, load_weights,
                                        read_state_dict, save_state_dict)
 from vregion.models.hf_import import read_hf_llava
 from vregion.models.import_source import Imported, ImportRefused
