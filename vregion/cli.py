@@ -209,6 +209,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from vregion.models.importer import ImportRefused, import_checkpoint
+
+    try:
+        result = import_checkpoint(args.source, args.out, template=args.template, vision=args.vision)
+    except (ImportRefused, FileNotFoundError) as e:
+        print(f"vregion: import: {e}", file=sys.stderr)
+        return 2
+    out = Path(result["path"]).resolve()
+    m = result["model"]
+    print(f"imported {result['kind']} {args.source} -> {out}")
+    for note in result["notes"]:
+        print(f"  {note}")
+    print(f"train from it with this model section (or evaluate / export the folder as it is):\n"
+          f"model:\n  init_from: {out}\n  vision: {{type: {m['vision']['type']}, path: {out / 'vision'}, "
+          f"feature_layer: {m['vision']['feature_layer']}, image_aspect: {m['vision']['image_aspect']}}}\n"
+          f"  projector: {{type: {m['projector']['type']}}}\n  llm: {{path: {out / 'llm'}}}\n"
+          f"  template: {m['template']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vregion", description=__doc__)
     # The deepspeed launcher passes --local_rank before the sub-command; LOCAL_RANK in the env is what is used.
@@ -374,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "(compress.inference); LLaVA cannot pool, so the exported model runs uncompressed "
                              "(recorded in vregion_export.json). Without it such a checkpoint is refused")
     export.set_defaults(func=_export)
+
+    imp = sub.add_parser("import", help="write a vregion checkpoint from a Hugging Face LLaVA folder (llava-hf/*, "
+                         "`vregion export` output) or an original LLaVA-1.5 folder; logits stay equal")
+    imp.add_argument("source", help="local folder: LlavaForConditionalGeneration, or LLaVA's LlavaLlamaForCausalLM")
+    imp.add_argument("out", help="new output folder (a vregion checkpoint)")
+    imp.add_argument("--template", default=None, help="vregion chat template (default: inferred from the source's "
+                     "chat template; vicuna-v1 for original LLaVA-1.5 folders without one)")
+    imp.add_argument("--vision", default=None, help="original LLaVA: the vision tower's local Hugging Face folder "
+                     "(default: the config's mm_vision_tower)")
+    imp.set_defaults(func=_import)
 
     convert = sub.add_parser("convert", help="DeepSpeed checkpoint (any ZeRO stage) -> vregion model checkpoint")
     convert.add_argument("checkpoint", help="checkpoints/step-N folder, or a run/stage folder (newest complete one)")

@@ -58,6 +58,9 @@ class VisionConfig:
     tiny: Optional[dict] = _f(None, "random-weight config overrides for tests (e.g. hidden_size: 32)")
     feature_layer: int = _f(-2, "hidden-state index whose patch features feed the projector (LLaVA-1.5: -2)")
     image_size: Optional[int] = _f(None, "input resolution; None takes the backbone's own", ge=1)
+    image_aspect: Literal["squash", "pad", "crop"] = _f(
+        "squash", "how a non-square image becomes square: squash (resize, aspect lost) | pad (LLaVA-1.5: centred on "
+        "a square of the mean colour, then resize) | crop (llava-hf: shortest side to the size, centre crop)")
 
 
 @dataclass
@@ -65,6 +68,8 @@ class ProjectorConfig:
     type: str = _f("mlp2x_gelu", "projector id: linear | mlp2x_gelu")
     hidden_size: Optional[int] = _f(None, "mlp2x_gelu's inner width (default: the LLM's hidden size); a VPG-"
                                     "transferred projector keeps its source LLM's width", ge=1)
+    init_from: Optional[str] = _f(None, "projector weights loaded after model.init_from: LLaVA's mm_projector.bin, "
+                                  "or any source `vregion import` reads (only its projector is used)")
 
 
 @dataclass
@@ -82,7 +87,9 @@ class ModelConfig:
     projector: ProjectorConfig = _f(ProjectorConfig(), "vision -> LLM projector")
     llm: LLMConfig = _f(LLMConfig(), "language model")
     template: str = _f("vicuna-v1", "conversation template: vicuna-v1 | llama-3 | chatml | gemma")
-    init_from: Optional[str] = _f(None, "vregion checkpoint folder whose weights initialise the model")
+    init_from: Optional[str] = _f(None, "weights that initialise the model: a vregion checkpoint, a Hugging Face "
+                                  "LLaVA folder or an original LLaVA-1.5 folder (the config must build the same "
+                                  "architecture; `vregion import` writes a checkpoint with a matching config)")
     gradient_checkpointing: bool = _f(False, "recompute decoder layers in backward to save activation memory")
 
 

@@ -27,7 +27,7 @@ class StageData:
         self.cfg = cfg
         self.tokenizer = tokenizer
         vision = model.vision
-        self.image_processor = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std)
+        self.image_processor = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
         self.num_image_tokens = vision.num_tokens
         # Visual positions hold the pad id: its embedding is replaced by projected features anyway.
         self.image_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
