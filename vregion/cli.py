@@ -84,7 +84,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         stage = resolve_config_assets(stage)  # a local model's shape comes from its config.json
         try:
-            print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
+            print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample, args.profile))
         except ValueError as e:  # a model the plan has no shape for: say which, and what to provide
             raise ConfigError(f"--plan: {e}") from None
         return 0
@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--global-batch", type=int, default=128, help="global batch of the projected run")
     bench.add_argument("--tokens-per-sample", type=int, default=None,
                        help="--plan: LLM tokens per sample (default: visual tokens + 256, capped by data.max_length)")
+    bench.add_argument("--profile", default=None,
+                       help="--plan: a length profile (llava-665k) for tokens per sample and each data mode's padding "
+                            "(padded, +grouped, +packed variants)")
     bench.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="build webdataset shards").add_subparsers(dest="data_command", required=True)
