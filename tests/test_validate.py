@@ -107,3 +107,11 @@ def test_folder_named_like_a_shipped_config_is_not_a_config(tmp_path, monkeypatc
     assert path.is_file() and path.name == "tiny.yaml" and path.parent != tmp_path
     (tmp_path / "mine").write_text("optim: {lr: 0.5}\n")  # a file does shadow the shipped names
     assert resolve_config_path("mine") == tmp_path.joinpath("mine").relative_to(tmp_path)
+
+
+def test_packing_needs_several_samples_per_micro_batch():
+    with pytest.raises(ConfigError, match=r"data.packing: .*train.micro_batch_size is 1: nothing to pack"):
+        load_and_validate("configs/tiny.yaml", ["data.packing=true", "train.micro_batch_size=1"])
+    assert load_and_validate("configs/tiny.yaml", ["data.packing=true", "data.group_by_length=4"]).data.packing
+    with pytest.raises(ConfigError, match="data.group_by_length"):
+        load_and_validate("configs/tiny.yaml", ["data.group_by_length=-1"])

@@ -49,9 +49,9 @@ def test_bench_writes_md_json_png_with_the_new_columns(tiny_bench):
 def test_bench_throughput_mfu_and_projection_are_consistent(tiny_bench):
     _, result, _ = tiny_bench
     peak = result["meta"]["peak_tflops"]
-    full, pooled = result["rows"]
-    for r in (full, pooled):
-        assert r["samples_per_step"] == 8 and r["steps_timed"] == 1
+    full, pooled, packed = result["rows"]
+    for r in (full, pooled, packed):
+        assert r["samples_per_step"] == 8 and r["steps_timed"] == 1  # samples, not packed rows
         assert r["samples_per_s"] == pytest.approx(8 / r["median_step_s"])
         assert r["achieved_tflops"] == pytest.approx(r["flops_per_sample"] * r["samples_per_s"] / 1e12)
         assert r["mfu"] == pytest.approx(r["achieved_tflops"] / peak)
@@ -106,7 +106,7 @@ def test_plan_padding_estimate_by_hand():
 
 def test_bench_flops_lie_between_hand_bounds(tiny_bench):
     cfg, result, _ = tiny_bench
-    full, pooled = result["rows"]
+    full, pooled, _ = result["rows"]
     shape = shape_from_config(cfg.model)
     # Full tuning does at least forward + activation grad + weight grad (3 x 2 x params per token) of every
     # decoder linear on every non-pad token, and at most the plan's cost of max_length tokens with the head
@@ -132,7 +132,7 @@ def test_bench_flops_are_the_plans_for_the_batch_it_trained_on(tiny_bench):
     supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert result["rows"][0]["tokens_per_sample"] == float(batch["attention_mask"].sum()) / samples
     shape = shape_from_config(cfg.model)
-    for row in result["rows"]:
+    for row in result["rows"][:2]:  # the padded stream's batch (full+packed trains on packed rows)
         f = plan.sample_flops(shape, parse_variant(row["variant"], cfg.region), length,
                               head_tokens=supervised / samples)
         assert row["flops_per_sample"] == pytest.approx(f.model)
@@ -142,7 +142,8 @@ def test_bench_flops_are_the_plans_for_the_batch_it_trained_on(tiny_bench):
 
 def test_measured_optimizer_state_and_memory_match_the_plan(tiny_bench):
     _, result, _ = tiny_bench
-    full, pooled = result["rows"]
+    full, pooled, packed = result["rows"]
+    assert packed["optimizer_state_bytes_per_rank"] == full["optimizer_state_bytes_per_rank"]  # one engine
     for r in (full, pooled):
         assert r["optimizer_state_bytes_per_rank"] == r["plan_optimizer_state_bytes_per_rank"]  # fp32 Adam moments
         assert r["trainable_params"] == r["plan_trainable_params"]

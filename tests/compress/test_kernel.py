@@ -83,3 +83,32 @@ def test_impl_resolution(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         resolve_impl("triton", cpu)
+
+
+def test_kernel_pools_packed_rows_per_sample():
+    """Packed rows (several samples per row, right padding): the kernel pools each sample's images exactly
+    as the reference, and segment ids follow the pooled rows."""
+    from vregion.data.packing import collate_packed
+
+    def sample(n, starts):
+        ids = torch.arange(n) + 3
+        return dict(input_ids=ids, labels=ids.clone(), pixel_values=torch.zeros(len(starts), 3, 8, 8),
+                    image_spans=[(s, 6) for s in starts])
+
+    batch = collate_packed([sample(20, [2, 10]), sample(9, [1]), sample(7, []), sample(15, [4])], 0, 8, 32)
+    hidden = torch.randn(*batch["input_ids"].shape, 24, device=DEVICE)
+    args = (batch["attention_mask"].to(DEVICE), batch["position_ids"].to(DEVICE), batch["labels"].to(DEVICE),
+            batch["image_spans"].to(DEVICE), 4)
+    ref = pool_visual_spans(hidden, *args, impl="torch", segment_ids=batch["segment_ids"].to(DEVICE))
+    fused = pool_visual_spans(hidden, *args, impl="triton", segment_ids=batch["segment_ids"].to(DEVICE))
+    torch.testing.assert_close(fused.hidden, ref.hidden, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fused.segment_ids, ref.segment_ids)
+    for row, (seg, mask) in enumerate(zip(ref.segment_ids.tolist(), ref.attention_mask.tolist())):
+        real = [s for s, m in zip(seg, mask) if m]
+        assert real == sorted(real)  # samples stay contiguous, in order
+    # each sample keeps its own positions: pooled windows average positions of one sample only
+    for s in range(int(ref.segment_ids.max()) + 1):
+        rows = (ref.segment_ids == s) & ref.attention_mask.bool()
+        assert (ref.position_ids[rows] >= 0).all()
+    # four images of 6 tokens pooled with stride 4 keep 2 tokens each
+    assert int(ref.attention_mask.sum()) == int(batch["attention_mask"].sum()) - 4 * (6 - 2)

@@ -156,3 +156,13 @@ def test_no_attention_across_samples(pooling):
             assert seg.shape[1] == batch["input_ids"].shape[1]
     if pooling is not None:  # pooled layers saw a shorter sequence, and still no cross-sample weight
         assert segments[model.runner.num_layers - 1].shape[1] < batch["input_ids"].shape[1]
+
+
+def test_flash_varlen_arguments_cover_each_sample_and_each_padding_tail():
+    from vregion.models.runner import varlen_kwargs
+
+    segments = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    out = varlen_kwargs(segments, mask)
+    assert out["cu_seq_lens_q"].tolist() == [0, 2, 4, 6, 12] and out["cu_seq_lens_q"].dtype == torch.int32
+    assert out["max_length_q"] == out["max_length_k"] == 6
