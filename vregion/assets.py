@@ -224,7 +224,7 @@ def resolve_config_assets(cfg):
     """A copy of a vregion Config whose `asset:` paths (model weights, shards) are the prepared local paths; the
     argument is left unchanged."""
     cfg = copy.deepcopy(cfg)
-    fields = [(cfg.model.llm, "path"), (cfg.model.vision, "path"), (cfg.data, "train_shards"),
+    fields = [(cfg.model.llm, "path"), (cfg.model.llm, "tokenizer"), (cfg.model.vision, "path"), (cfg.data, "train_shards"),
               (cfg.data, "eval_shards"), (cfg.eval, "vqa_shards"), (cfg.eval, "caption_shards")]
     for section, name in fields:
         setattr(section, name, resolve_asset(getattr(section, name), cfg.model.llm.cache_dir))

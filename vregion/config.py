@@ -77,6 +77,8 @@ class LLMConfig:
     path: Optional[str] = _f(None, "local HF folder, hub id, or .gguf file of a causal LM")
     gguf_file: Optional[str] = _f(None, "GGUF file name inside `path` (when path is a folder or hub id)")
     tiny: Optional[dict] = _f(None, "random-weight config for tests: {family: llama|qwen2|gemma3, ...overrides}")
+    tokenizer: Optional[str] = _f(None, "tiny LLMs: a tokenizer folder (or asset:NAME) instead of the byte tokenizer, "
+                                  "e.g. for real token lengths in benchmarks; vocab_size follows it")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = _f("sdpa", "sdpa | eager | flash_attention_2 (needs the `gpu` extra)")
     cache_dir: Optional[str] = _f(None, "where GGUF exports to HF folders are cached (default ~/.cache/vregion)")
 
@@ -100,6 +102,8 @@ class SyntheticDataConfig:
     num_eval: int = _f(0, "synthetic held-out samples", ge=0)
     image_size: int = _f(32, "side of the generated images", ge=1)
     samples_per_shard: int = _f(16, "samples per generated tar shard", ge=1)
+    profile: str = _f("shapes", "length profile of the generated conversations: shapes (one short question) | "
+                      "llava-665k (LLaVA-1.5 mix lengths; see `vregion data synth --profile list`)")
 
 
 @dataclass

@@ -35,6 +35,8 @@ def _model_errors(cfg: Config) -> list[str]:
         errors.append(f"model.projector.hidden_size: applies to mlp2x_gelu only, not {m.projector.type!r}")
     if m.template not in TEMPLATES:
         errors.append(f"model.template: {m.template!r} is not valid; valid: {_valid(TEMPLATES)}")
+    if m.llm.tokenizer is not None and m.llm.tiny is None:
+        errors.append("model.llm.tokenizer: applies to tiny LLMs only (a real LLM folder brings its own tokenizer)")
     family = (m.llm.tiny or {}).get("family", "llama")
     if family not in TINY_FAMILIES:
         errors.append(f"model.llm.tiny.family: {family!r} is not valid; valid: {_valid(TINY_FAMILIES)}")
@@ -90,6 +92,16 @@ def _packing_errors(cfg: Config, key: Callable[[str], str]) -> list[str]:
     return []
 
 
+def _data_errors(cfg: Config) -> list[str]:
+    """data.synthetic.profile: a profile id of vregion.data.profiles."""
+    from vregion.data.profiles import PROFILES
+
+    profile = cfg.data.synthetic.profile
+    if profile not in PROFILES:
+        return [f"data.synthetic.profile: {profile!r} is not valid; valid: {_valid(PROFILES)}"]
+    return []
+
+
 def validate_config(cfg: Config) -> list[Config]:
     """Check the registry ids of the top-level sections and of every resolved stage.
 
@@ -100,7 +112,7 @@ def validate_config(cfg: Config) -> list[Config]:
             the stage sets it), the bad value and the valid ones.
     """
     stages = cfg.stage_configs()
-    errors = _model_errors(cfg)
+    errors = _model_errors(cfg) + _data_errors(cfg)
     # The top level is every stage's default, so a bad default is reported even where each stage overrides it.
     checks = [(cfg, lambda k: k)] + [(s, lambda k, i=i: cfg.stage_key(i, k)) for i, s in enumerate(stages)]
     for stage, key in checks:

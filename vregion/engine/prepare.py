@@ -58,14 +58,15 @@ def prepare_data(cfg: Config, run_dir: Path) -> Config:
     make_eval = syn.num_eval > 0 and cfg.data.eval_shards is None
     if not (make_train or make_eval):
         return cfg
-    from vregion.data import make_synthetic_shards
+    from vregion.data.profile_synth import make_profile_shards  # `shapes` is make_synthetic_shards, byte for byte
 
     train_dir, eval_dir = run_dir / "data" / "train", run_dir / "data" / "eval"
     if dist.is_main():
         if make_train and not (train_dir / "index.json").exists():
-            make_synthetic_shards(train_dir, syn.num_train, syn.image_size, cfg.run.seed, syn.samples_per_shard)
+            make_profile_shards(train_dir, syn.profile, syn.num_train, syn.image_size, cfg.run.seed, syn.samples_per_shard)
         if make_eval and not (eval_dir / "index.json").exists():
-            make_synthetic_shards(eval_dir, syn.num_eval, syn.image_size, cfg.run.seed + 1, syn.samples_per_shard)
+            make_profile_shards(eval_dir, syn.profile, syn.num_eval, syn.image_size, cfg.run.seed + 1,
+                                syn.samples_per_shard)
     dist.barrier()
     if make_train:
         cfg.data.train_shards = str(train_dir)

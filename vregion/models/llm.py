@@ -69,14 +69,21 @@ TINY_FAMILIES = {
 
 
 def build_tiny_llm(
-    tiny: dict, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32
+    tiny: dict, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, tokenizer_path: str | None = None
 ) -> tuple[PreTrainedModel, Any]:
-    """A random-weight LM of `tiny['family']` with the byte tokenizer; weights depend only on torch's seed."""
+    """A random-weight LM of `tiny['family']` with the byte tokenizer (or the one at `tokenizer_path`, whose size
+    sets the vocabulary unless `tiny` sets it); weights depend only on torch's seed."""
     overrides = dict(tiny)
     family = overrides.pop("family", "llama")
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny LLM family '{family}'; valid: {', '.join(sorted(TINY_FAMILIES))}")
-    tokenizer = build_byte_tokenizer()
+    if tokenizer_path is None:
+        tokenizer = build_byte_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        overrides.setdefault("vocab_size", _round_up(len(tokenizer), 64))
     ids = dict(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -200,7 +207,7 @@ def build_llm(cfg: LLMConfig, dtype: torch.dtype = torch.float32, weights: bool 
         (model, tokenizer): an HF `*ForCausalLM` and its tokenizer (pad token set, falling back to unk/eos).
     """
     if cfg.tiny is not None:
-        return build_tiny_llm(cfg.tiny, cfg.attn_implementation, dtype)
+        return build_tiny_llm(cfg.tiny, cfg.attn_implementation, dtype, cfg.tokenizer)
     source, extra = _resolve_source(cfg)
     if weights or extra:
         model = AutoModelForCausalLM.from_pretrained(
