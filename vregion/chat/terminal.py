@@ -26,10 +26,10 @@ def read_image_file(model: ChatModel, path: str | Path):
 class TerminalChat:
     """One conversation per model (each model answers its own history), printed as the answers stream."""
 
-    def __init__(self, models: list[ChatModel], sampling: Sampling, out: TextIO = sys.stdout):
+    def __init__(self, models: list[ChatModel], sampling: Sampling, out: Optional[TextIO] = None):
         self.models = models
         self.sampling = sampling.check()
-        self.out = out
+        self.out = sys.stdout if out is None else out  # looked up now: tests and callers may have replaced it
         self.conversations = [Conversation() for _ in models]
 
     def set_image(self, path: Optional[str]) -> None:
