@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import socket
 import threading
 import time
 from typing import Iterator
@@ -100,15 +101,22 @@ class ChatServer:
         from werkzeug.serving import make_server
 
         self._app = None
+        # Bound here, not by werkzeug, whose own bind failure prints and exits the process.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free
+            sock.bind((host, port))
+            sock.listen(128)
             # The WSGI callable defers to the app set by `load`: the port is taken before models load.
-            self.httpd = make_server(host, port, self._dispatch, threaded=True)
+            self.httpd = make_server(host, port, self._dispatch, threaded=True, fd=sock.fileno())
         except OSError as e:
-            if e.errno == errno.EADDRINUSE or "in use" in str(e).lower():
+            if e.errno == errno.EADDRINUSE:
                 raise PortInUse(f"port {port} on {host} is already in use (another `vregion serve`?); "
                                 "choose a free one with --port") from None
             raise
-        self.host, self.port = host, self.httpd.server_port
+        finally:
+            sock.close()  # the server holds its own duplicate of the socket
+        self.host, self.port = host, self.httpd.socket.getsockname()[1]
 
     @property
     def url(self) -> str:
