@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import socket
@@ -75,3 +77,24 @@ def test_a_taken_port_is_refused_with_a_message(checkpoint, no_model, capsys):
             bind("127.0.0.1", port)
         assert main(["serve", str(checkpoint), "--port", str(port)]) == 2  # before any model loads
     assert "already in use" in capsys.readouterr().err
+
+
+def test_requests_the_page_cannot_send_are_refused_with_a_reason(checkpoint, trained, monkeypatch):
+    from vregion.chat import server
+
+    monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)  # read when the app is built
+    client = server.build_app([ChatModel.load(checkpoint)], Sampling(max_new_tokens=MAX_NEW)).test_client()
+    image = (trained / "red.png").read_bytes()
+
+    def post(path="/api/answer/0", **form):
+        return client.post(path, data={"prompt": QUESTION, **form}, content_type="multipart/form-data")
+
+    big = post(image=(io.BytesIO(b"\0" * 5000), "big.png"))
+    assert big.status_code == 413 and big.get_json()["error"].startswith("the upload is larger than")
+    bad_number = post(temperature="warm")
+    assert bad_number.status_code == 400 and bad_number.get_json()["error"] == "temperature must be a number, got 'warm'"
+    assert post("/api/answer/5").status_code == 404
+    ok = post(image=(io.BytesIO(image), "red.png"), max_new_tokens="3")
+    events = [json.loads(line) for line in ok.get_data(as_text=True).splitlines()]
+    assert ok.status_code == 200 and events[-1]["done"] and events[-1]["tokens"] <= 3
+    assert "".join(e.get("delta", "") for e in events) == events[-1]["answer"]

@@ -29,7 +29,7 @@ def test_final_checkpoint_of_a_run_shows_its_training_and_results(tmp_path):
     run_layout(tmp_path)
     card = checkpoint_summary(tmp_path / "region" / "final", CONFIG, PoolingSetting(-1, 2, 4), num_layers=8)
     assert card["facts"] == {
-        "LLM": "tiny llama (random init), 8 layers", "vision": "clip", "template": "vicuna-v1",
+        "LLM": "tiny llama, 8 layers", "vision": "clip", "template": "vicuna-v1",
         "region": "1 layer [1] (full)", "compression": "pool visual tokens before layer 2, stride 4",
         "training steps": "20 (region stage)"}
     assert card["held_out"] == {"held-out loss": 0.25, "end-of-run VQA accuracy": "75.0% of 32",

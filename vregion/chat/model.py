@@ -108,8 +108,9 @@ class ChatModel:
         """Encoded image bytes -> (3, S, S) pixels, or ChatError naming why they cannot be decoded."""
         try:
             return self.images(data)
-        except ImageDecodeError as e:
-            raise ChatError(str(e)) from None
+        except ImageDecodeError:  # PIL's own message names an in-memory buffer: say what the user can act on
+            raise ChatError(f"cannot decode image: the {len(data)} bytes are not an image PIL can read "
+                            "(PNG, JPEG, GIF, WebP, ...), or the file is damaged") from None
 
     def inputs(self, conversation: Conversation, question: str) -> dict:
         """The generate() inputs of the history plus `question`: (1, T) ids and mask, pixels, image spans.

@@ -17,7 +17,7 @@ PAGE = r"""<!doctype html>
   textarea { width: 100%; min-height: 3.5rem; font: inherit; }
   .controls { display: flex; gap: 1rem; flex-wrap: wrap; align-items: center; }
   .controls input[type=number] { width: 5rem; }
-  #preview { max-width: 8rem; max-height: 8rem; image-rendering: pixelated; border: 1px solid #ccc; }
+  #preview { width: 6rem; height: 6rem; object-fit: contain; image-rendering: pixelated; border: 1px solid #ccc; }
   #preview:not([src]) { display: none; }
   #error { background: #fde8e8; color: #9b1c1c; border: 1px solid #f5b5b5; padding: .6rem .8rem; margin: 1rem 0;
            max-width: 60rem; white-space: pre-wrap; }

@@ -53,7 +53,7 @@ def _region(config: dict, summary: dict) -> str:
 def _llm(config: dict) -> str:
     llm = (config.get("model") or {}).get("llm") or {}
     if llm.get("tiny"):
-        return f"tiny {llm['tiny'].get('family', 'llama')} (random init)"
+        return f"tiny {llm['tiny'].get('family', 'llama')}"
     return Path(str(llm.get("gguf_file") or llm.get("path"))).name
 
 
