@@ -220,6 +220,11 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
+    try:
+        import flask  # noqa: F401  (the `serve` extra)
+    except ImportError:
+        print('vregion: serve: needs Flask: pip install -e ".[serve]" (or pip install "flask>=3.0")', file=sys.stderr)
+        return 2
     from vregion.chat.server import PortInUse, bind
 
     try:
