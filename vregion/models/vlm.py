@@ -186,8 +186,10 @@ class VisionLanguageModel(nn.Module):
             sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p)
             return self._generate_through_runner(embeds, attention_mask, image_spans, max_new_tokens,
                                                  eos_token_id, pad_token_id, sampling, streamer)
-        # HF warns about sampling settings passed to greedy decoding, so they go only with do_sample.
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+        # HF warns about sampling settings passed to greedy decoding, so they go only with do_sample; top_k=0 turns
+        # off HF's default top-50 cut, which the runner's sampler does not make.
+        sampling = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample
+                    else dict(do_sample=False))
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
