@@ -15,7 +15,9 @@
 #
 # Why DeepSpeed's launcher and not torchrun: when one rank fails it stops the others (polls every second,
 # SIGTERM, SIGKILL after 30 s) and exits with that rank's own code, so 75 ("preempted, checkpoint written")
-# reaches train.sbatch; torchrun turns every worker failure into exit code 1.
+# reaches train.sbatch; torchrun turns every worker failure into exit code 1. The exception: a launcher that
+# gets SIGTERM itself (scancel) exits 1 after its ranks stop, whatever they did; so each rank also writes
+# $VREGION_STATUS_DIR/rank-<r>.status (exit, step, signal), which train.sbatch reads.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then

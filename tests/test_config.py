@@ -60,6 +60,15 @@ def test_shipped_configs_load(name):
     assert cfg.stage_configs()
 
 
+def test_llava_recipes_pad_images_and_the_default_squashes():
+    """LLaVA-1.5 trained with image_aspect_ratio: pad; vregion's own recipes keep squash."""
+    for name in ("llava-1.5-7b", "llava-1.5-13b"):
+        assert load_config(f"configs/{name}.yaml").model.vision.image_aspect == "pad"
+    assert load_config("configs/tiny.yaml").model.vision.image_aspect == "squash"
+    with pytest.raises(ConfigError, match=r"model.vision.image_aspect: 'letterbox' is not valid; valid: squash \| pad"):
+        load_config("configs/tiny.yaml", ["model.vision.image_aspect=letterbox"])
+
+
 def test_cli_reports_config_errors_without_traceback(capsys):
     assert main(["train", "tiny", "optim.nope=1"]) == 2
     err = capsys.readouterr().err

@@ -17,14 +17,25 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after a checkpoin
 def _train(args: argparse.Namespace) -> int:
     cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.engine.run import run_training  # heavy imports only once the config is valid
+    from vregion.engine.exit_status import write_exit_status
     from vregion.engine.trainer import Preempted
 
     try:
         run_training(cfg, resume=args.resume)
     except Preempted as stop:
         print(f"vregion: {stop}", file=sys.stderr)
+        write_exit_status(PREEMPTED_EXIT, stop.step, stop.signal_name)
         return PREEMPTED_EXIT
+    write_exit_status(0)
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from vregion.launch.preflight import run_doctor
+
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0, got {args.timeout}")
+    return run_doctor(args.config, args.overrides, timeout=args.timeout)
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -73,7 +84,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         stage = resolve_config_assets(stage)  # a local model's shape comes from its config.json
         try:
-            print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample))
+            print(plan_text(stage, args.gpus, args.gpu, args.samples, args.tokens_per_sample, args.profile))
         except ValueError as e:  # a model the plan has no shape for: say which, and what to provide
             raise ConfigError(f"--plan: {e}") from None
         return 0
@@ -281,6 +292,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from vregion.models.importer import ImportRefused, import_checkpoint
+
+    try:
+        result = import_checkpoint(args.source, args.out, template=args.template, vision=args.vision)
+    except (ImportRefused, FileNotFoundError) as e:
+        print(f"vregion: import: {e}", file=sys.stderr)
+        return 2
+    out = Path(result["path"]).resolve()
+    m = result["model"]
+    print(f"imported {result['kind']} {args.source} -> {out}")
+    for note in result["notes"]:
+        print(f"  {note}")
+    print(f"train from it with this model section (or evaluate / export the folder as it is):\n"
+          f"model:\n  init_from: {out}\n  vision: {{type: {m['vision']['type']}, path: {out / 'vision'}, "
+          f"feature_layer: {m['vision']['feature_layer']}, image_aspect: {m['vision']['image_aspect']}}}\n"
+          f"  projector: {{type: {m['projector']['type']}}}\n  llm: {{path: {out / 'llm'}}}\n"
+          f"  template: {m['template']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vregion", description=__doc__)
     # The deepspeed launcher passes --local_rank before the sub-command; LOCAL_RANK in the env is what is used.
@@ -292,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 region.count=8")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.set_defaults(func=_train)
+
+    doctor = sub.add_parser("doctor", help="check this node, or under srun every node, before a multi-node job: "
+                            "versions, accelerators, config, shards, output directory, rendezvous port")
+    doctor.add_argument("config", nargs="?", default=None, help="the config the job will train (omit to check "
+                        "only software, accelerators and the port)")
+    doctor.add_argument("overrides", nargs="*", help="the job's dotted overrides")
+    doctor.add_argument("--timeout", type=float, default=30.0, help="seconds the first node waits for the "
+                        "others' reports (and they for it)")
+    doctor.set_defaults(func=_doctor)
 
     transfer = sub.add_parser("transfer", help="VPG transfer: init from transfer.source, projector warm-up, then train")
     transfer.add_argument("config", help="target config (model = target LLM; transfer.source = source checkpoint)")
@@ -361,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--global-batch", type=int, default=128, help="global batch of the projected run")
     bench.add_argument("--tokens-per-sample", type=int, default=None,
                        help="--plan: LLM tokens per sample (default: visual tokens + 256, capped by data.max_length)")
+    bench.add_argument("--profile", default=None,
+                       help="--plan: a length profile (llava-665k) for tokens per sample and each data mode's padding "
+                            "(padded, +grouped, +packed variants)")
     bench.set_defaults(func=_bench)
 
     data = sub.add_parser("data", help="build webdataset shards").add_subparsers(dest="data_command", required=True)
@@ -438,9 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "(recorded in vregion_export.json). Without it such a checkpoint is refused")
     export.set_defaults(func=_export)
 
+    imp = sub.add_parser("import", help="write a vregion checkpoint from a Hugging Face LLaVA folder (llava-hf/*, "
+                         "`vregion export` output) or an original LLaVA-1.5 folder; logits stay equal")
+    imp.add_argument("source", help="local folder: LlavaForConditionalGeneration, or LLaVA's LlavaLlamaForCausalLM")
+    imp.add_argument("out", help="new output folder (a vregion checkpoint)")
+    imp.add_argument("--template", default=None, help="vregion chat template (default: inferred from the source's "
+                     "chat template; vicuna-v1 for original LLaVA-1.5 folders without one)")
+    imp.add_argument("--vision", default=None, help="original LLaVA: the vision tower's local Hugging Face folder "
+                     "(default: the config's mm_vision_tower)")
+    imp.set_defaults(func=_import)
     chat = sub.add_parser("chat", help="talk to a checkpoint in the terminal about an image (or answer one "
                           "--prompt and exit)")
-    chat.add_argument("checkpoint", help="vregion checkpoint folder (trained, pruned or converted)")
+    chat.add_argument("checkpoint", help="vregion checkpoint folder (trained, pruned, converted or imported)")
     chat.add_argument("--image", default=None, help="image file the conversation is about (/image PATH switches)")
     chat.add_argument("--prompt", default=None, help="ask this, print the answer and exit")
     chat.add_argument("--compare", default=None, metavar="CKPT2", help="a second checkpoint answering the same "

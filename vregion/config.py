@@ -58,6 +58,9 @@ class VisionConfig:
     tiny: Optional[dict] = _f(None, "random-weight config overrides for tests (e.g. hidden_size: 32)")
     feature_layer: int = _f(-2, "hidden-state index whose patch features feed the projector (LLaVA-1.5: -2)")
     image_size: Optional[int] = _f(None, "input resolution; None takes the backbone's own", ge=1)
+    image_aspect: Literal["squash", "pad", "crop"] = _f(
+        "squash", "how a non-square image becomes square: squash (resize, aspect lost) | pad (LLaVA-1.5: centred on "
+        "a square of the mean colour, then resize) | crop (llava-hf: shortest side to the size, centre crop)")
 
 
 @dataclass
@@ -65,6 +68,8 @@ class ProjectorConfig:
     type: str = _f("mlp2x_gelu", "projector id: linear | mlp2x_gelu")
     hidden_size: Optional[int] = _f(None, "mlp2x_gelu's inner width (default: the LLM's hidden size); a VPG-"
                                     "transferred projector keeps its source LLM's width", ge=1)
+    init_from: Optional[str] = _f(None, "projector weights loaded after model.init_from: LLaVA's mm_projector.bin, "
+                                  "or any source `vregion import` reads (only its projector is used)")
 
 
 @dataclass
@@ -82,7 +87,9 @@ class ModelConfig:
     projector: ProjectorConfig = _f(ProjectorConfig(), "vision -> LLM projector")
     llm: LLMConfig = _f(LLMConfig(), "language model")
     template: str = _f("vicuna-v1", "conversation template: vicuna-v1 | llama-3 | chatml | gemma")
-    init_from: Optional[str] = _f(None, "vregion checkpoint folder whose weights initialise the model")
+    init_from: Optional[str] = _f(None, "weights that initialise the model: a vregion checkpoint, a Hugging Face "
+                                  "LLaVA folder or an original LLaVA-1.5 folder (the config must build the same "
+                                  "architecture; `vregion import` writes a checkpoint with a matching config)")
     gradient_checkpointing: bool = _f(False, "recompute decoder layers in backward to save activation memory")
 
 
@@ -102,6 +109,10 @@ class DataConfig:
     max_length: int = _f(2048, "max tokens per sample; truncation never cuts inside visual tokens", ge=1)
     shuffle_buffer: int = _f(1000, "seeded shuffle buffer size in samples (0 disables)", ge=0)
     num_workers: int = _f(0, "data-loader worker processes per rank", ge=0)
+    packing: bool = _f(False, "training: pack each micro-batch's samples into rows of up to max_length tokens "
+                       "(no attention across samples; micro_batch_size still counts samples)")
+    group_by_length: int = _f(0, "training: sort windows of this many micro-batches by (text-only, length) so a "
+                              "micro-batch holds similar lengths, LLaVA-style; 0 = off", ge=0)
     synthetic: SyntheticDataConfig = _f(SyntheticDataConfig(), "generated data for smoke runs")
 
 

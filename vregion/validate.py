@@ -81,6 +81,15 @@ def _compress_errors(cfg: Config, key: Callable[[str], str]) -> list[str]:
     return errors
 
 
+def _packing_errors(cfg: Config, key: Callable[[str], str]) -> list[str]:
+    """data.packing packs the samples of one micro-batch (train.micro_batch_size counts samples)."""
+    if cfg.data.packing and cfg.train.micro_batch_size < 2:
+        return [f"{key('data.packing')}: packs the samples of one micro-batch into rows, but "
+                f"{key('train.micro_batch_size')} is {cfg.train.micro_batch_size}: nothing to pack; raise it "
+                "(packed rows hold about max_length tokens, so larger micro-batches cost little more memory)"]
+    return []
+
+
 def validate_config(cfg: Config) -> list[Config]:
     """Check the registry ids of the top-level sections and of every resolved stage.
 
@@ -95,7 +104,7 @@ def validate_config(cfg: Config) -> list[Config]:
     # The top level is every stage's default, so a bad default is reported even where each stage overrides it.
     checks = [(cfg, lambda k: k)] + [(s, lambda k, i=i: cfg.stage_key(i, k)) for i, s in enumerate(stages)]
     for stage, key in checks:
-        errors += _region_errors(stage, key) + _compress_errors(stage, key)
+        errors += _region_errors(stage, key) + _compress_errors(stage, key) + _packing_errors(stage, key)
     errors = list(dict.fromkeys(errors))  # a top-level error repeats in every stage that inherits it
     if errors:
         raise ConfigError(errors[0] if len(errors) == 1 else "\n  " + "\n  ".join(errors))

@@ -19,6 +19,8 @@ from vregion.bench.plan import (
 from vregion.bench.shapes import PRESETS, LLMShape, VisionShape, VLMShape, shape_from_config
 from vregion.bench.variant import Variant, parse_variant
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
 TINY_YAML = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 # hidden 8, intermediate 16, 2 layers, 2 heads of 4, 1 kv head, vocab 10; a 100-parameter ViT of width 4, 4 tokens.
 SMALL = VLMShape(LLMShape(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, vocab=10),
@@ -211,3 +213,25 @@ def test_unknown_hub_ids_fail_clearly_and_local_configs_are_read(tmp_path, capsy
     assert llm_shape(cfg.model) == LLMShape(64, 128, 2, 4, 2, 1000, head_dim=16)
     tiny = load_config(TINY_YAML).stage_configs()[-1]
     assert vision_shape(cfg.model) == vision_shape(tiny.model)  # same CLIP fields as tiny.yaml's random tower
+
+
+def test_plan_with_a_length_profile_charges_each_data_mode_its_padding():
+    """--plan --profile llava-665k: the 7B recipe's padded rows pay for padding, packed ones far less; the
+    same real tokens are trained either way, so wall time scales with computed positions."""
+    from vregion.bench.padding import estimate_padding, profile_lengths
+    from vregion.bench.plan import plan_rows, plan_text
+
+    cfg = load_config(CONFIGS / "llava-1.5-7b.yaml").stage_configs()[-1]
+    shape = shape_from_config(cfg.model)
+    estimate = estimate_padding(profile_lengths("llava-665k", shape.vision.tokens, cfg.data.max_length),
+                                cfg.train.micro_batch_size, cfg.data.max_length)
+    assert 0.2 < estimate.share(None) < 0.6  # LLaVA-665K lengths padded in random batches of 16
+    assert estimate.share("packed") < estimate.share(None) / 2
+    rows = {r.variant: r for r in plan_rows(shape, cfg, 8, 989.0, variants=("full", "full+packed"),
+                                            padding=estimate.cost, tokens_per_sample=800)}
+    assert rows["full"].hours > rows["full+packed"].hours * 1.3
+    assert rows["full"].trainable == rows["full+packed"].trainable
+    text = plan_text(cfg, n_gpus=8, profile="llava-665k")
+    assert "profile llava-665k" in text and "| region@2/8+packed |" in text
+    with pytest.raises(ValueError, match="no length distribution"):
+        plan_text(cfg, profile="shapes")

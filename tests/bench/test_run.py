@@ -22,12 +22,13 @@ PROJECTION = Projection(samples=10_000, epochs=2.0, global_batch=64, gpus=4)
 
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
-    """One round of one step each of full fine-tuning and region + pooling on the tiny model (~1 minute)."""
+    """One round of one step each of full fine-tuning, the same on packed rows and region + pooling on the tiny
+    model (~1 minute)."""
     root = tmp_path_factory.mktemp("bench")
     cfg = load_config(CONFIGS / "tiny.yaml", [f"run.output_dir={root / 'run'}"]).stage_configs()[-1]
     cfg = prepare_data(cfg, root / "run")
-    result = run_bench(cfg, ["full", "region@2/8"], rounds=1, steps_per_round=1, out_dir=root / "out",
-                       projection=PROJECTION)
+    result = run_bench(cfg, ["full", "region@2/8", "full+packed"], rounds=1, steps_per_round=1,
+                       out_dir=root / "out", projection=PROJECTION)
     return cfg, result, root / "out"
 
 
@@ -80,6 +81,27 @@ def test_bench_padding_share_is_the_padded_positions_of_the_batches_it_trained_o
     *_, timed = itertools.islice(batches, 3)
     expected = 1.0 - float(timed["attention_mask"].sum()) / timed["attention_mask"].numel()
     assert result["rows"][0]["padding_share"] == pytest.approx(expected)
+    # `full+packed` shares full's engine but has its own packed stream: one warm-up step, then the timed one
+    cfg.data.packing = True
+    packed = list(itertools.islice(StageData(cfg, model, tokenizer).train_loader(), 2))[-1]
+    assert packed["input_ids"].shape[0] < packed["num_samples"]  # rows hold several samples
+    expected = 1.0 - float(packed["attention_mask"].sum()) / packed["attention_mask"].numel()
+    row = next(r for r in result["rows"] if r["variant"] == "full+packed")
+    assert row["padding_share"] == pytest.approx(expected)
+    assert row["padding_share"] < result["rows"][0]["padding_share"]
+
+
+def test_plan_padding_estimate_by_hand():
+    """One micro-batch of 4: padded to 10 -> 40 positions for 24 real tokens; packed into rows of 12:
+    [10, 2] and [6, 6] -> 24; grouped sorts images first, then text, still one batch -> 40."""
+    from vregion.bench.padding import estimate_padding
+
+    estimate = estimate_padding([(10, True), (2, True), (6, False), (6, False)], micro_batch=4, max_length=12)
+    assert estimate.real_tokens_per_sample == 6
+    assert estimate.cost[None] == pytest.approx(40 / 24) and estimate.cost["grouped"] == pytest.approx(40 / 24)
+    assert estimate.cost["packed"] == pytest.approx(1.0) and estimate.share("packed") == pytest.approx(0.0)
+    two = estimate_padding([(10, True), (2, True), (6, False), (6, False)], micro_batch=2, max_length=12, seed=3)
+    assert two.cost["grouped"] == pytest.approx((2 * 10 + 2 * 6) / 24)  # [2, 10] and [6, 6]
 
 
 def test_bench_flops_lie_between_hand_bounds(tiny_bench):

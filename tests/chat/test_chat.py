@@ -27,7 +27,8 @@ def reference_answer(checkpoint, image_path, question: str) -> tuple[list[int], 
     sample = tokenize_conversation(turns, tok, TEMPLATE, n, 256, tok.pad_token_id, num_images=1)
     cut = next(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)  # where the answer starts
     ids = torch.tensor([sample.input_ids[:cut]])
-    pixels = ImageProcessor(model.vision.image_size, model.vision.image_mean, model.vision.image_std)(
+    vision = model.vision
+    pixels = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)(
         image_path.read_bytes())[None]
     stop = [tok.encode("</s>", add_special_tokens=False)[0], tok.eos_token_id]
     new = model.generate(ids, torch.ones_like(ids), pixels, torch.tensor([[0, sample.image_starts[0], n]]),

@@ -17,6 +17,7 @@ from tests.engine.launch import (
     REPO, kill_after_checkpoint, read_metrics, run_train, train_command, train_env, train_losses,
 )
 from vregion.config import load_config
+from vregion.engine.exit_status import read_exit_status
 from vregion.engine.trainer import seed_everything
 from vregion.models import build_vlm
 from vregion.region import select_layers
@@ -213,7 +214,10 @@ def test_sigterm_checkpoints_exits_75_and_resume_matches_an_uninterrupted_run(tm
 
     stopped = tmp_path / "stopped"
     overrides = common + [f"run.output_dir={stopped}"]
-    proc = subprocess.Popen(train_command("configs/tiny.yaml", overrides), cwd=REPO, env=train_env(),
+    # VREGION_STATUS_DIR: where train.sbatch has each rank say how it ended (its launcher's exit code may not).
+    status_dir = tmp_path / "status"
+    proc = subprocess.Popen(train_command("configs/tiny.yaml", overrides), cwd=REPO,
+                            env={**train_env(), "VREGION_STATUS_DIR": str(status_dir)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not ((stopped / "metrics.jsonl").exists() and len(read_metrics(stopped)) >= 3):
@@ -222,9 +226,10 @@ def test_sigterm_checkpoints_exits_75_and_resume_matches_an_uninterrupted_run(tm
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-2000:]
-    assert "continue with --resume" in err
+    assert "stopped by SIGTERM after step" in err and "continue with --resume" in err
     step = int((stopped / "checkpoints" / "latest").read_text().split("-")[1])
     assert 3 <= step < 30 and not (stopped / "final").exists()
+    assert read_exit_status(status_dir / "rank-0.status") == {"exit": "75", "step": str(step), "signal": "SIGTERM"}
     run_train("configs/tiny.yaml", overrides, resume=True)
     expected, resumed = train_losses(clean), train_losses(stopped)
     assert sorted(resumed) == list(range(1, 31))

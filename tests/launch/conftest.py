@@ -1,7 +1,8 @@
-"""A real two-node SLURM cluster on localhost (launch/slurm/local_cluster.sh), started once per test module."""
+"""A real two-node SLURM cluster on localhost (launch/slurm/local_cluster.sh), started once per test session."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -54,7 +55,18 @@ class SlurmCluster:
         return "".join(f"\n--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((self.dir / "log").glob("*.log")))
 
 
-@pytest.fixture(scope="module")
+def repository_files() -> set[str]:
+    """Untracked and ignored files in the repository, except the caches Python and pytest write themselves:
+    compared before and after a job, it shows whether the job wrote anything into the source tree."""
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    caches = ("__pycache__/", ".pytest_cache/", ".egg-info/")
+    return {line[3:] for line in out.splitlines()
+            if not any(c in line for c in caches) and not line.endswith(".pyc")}
+
+
+# One cluster per test session: starting it takes seconds, and every launch test module shares it.
+@pytest.fixture(scope="session")
 def slurm_cluster():
     missing = [b for b in SLURM_BINARIES if shutil.which(b) is None]
     if missing:
@@ -65,6 +77,8 @@ def slurm_cluster():
                            timeout=120)
     # SLURM_* of an enclosing job (CI under SLURM) would leak into the test jobs.
     env = {k: v for k, v in train_env().items() if not k.startswith("SLURM_")}
+    # The jobs run this checkout's code whatever folder they start in (not another installed copy of vregion).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cluster = SlurmCluster(folder, {**env, "SLURM_CONF": str(folder / "slurm.conf")})
     try:
         if start.returncode != 0:

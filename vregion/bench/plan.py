@@ -250,20 +250,25 @@ class PlanRow:
 
 def plan_rows(shape: VLMShape, cfg: Config, n_gpus: int, peak: float, samples: int = 665_000,
               tokens_per_sample: Optional[int] = None, mfu_assumed: float = 0.4,
-              variants: tuple[str, ...] = PLAN_VARIANTS, gpu_memory_gb: float = 80.0) -> list[PlanRow]:
+              variants: tuple[str, ...] = PLAN_VARIANTS, gpu_memory_gb: float = 80.0,
+              padding: Optional[dict] = None) -> list[PlanRow]:
     """One row per variant: trainable params, FLOPs, memory per GPU, and one epoch's wall time at `mfu_assumed`.
 
     Throughput is tokens/s = mfu * peak * n_gpus / (FLOPs per token incl. recompute); the same MFU for every
     variant, which flatters light variants whose fixed costs (data, optimizer, communication) weigh more.
+    `padding` (data mode -> computed positions per real token, `bench.padding`) makes each variant pay for the
+    padding its micro-batches carry; tokens/s then counts real tokens. Without it, no padding is assumed.
     """
     tokens = tokens_per_sample or default_tokens_per_sample(shape, cfg)
     rows = []
     for spec in variants:
         v = parse_variant(spec, cfg.region)
+        overhead = 1.0 if padding is None else padding[v.data]
+        computed = round(tokens * overhead)  # positions per sample, padding included
         gc = cfg.model.gradient_checkpointing
-        f = sample_flops(shape, v, tokens, gc)
-        mem = memory_per_gpu(shape, v, cfg.deepspeed, n_gpus, cfg.train.micro_batch_size, tokens, gc)
-        tps = mfu_assumed * peak * 1e12 * n_gpus / (f.total / tokens)
+        f = sample_flops(shape, v, computed, gc)
+        mem = memory_per_gpu(shape, v, cfg.deepspeed, n_gpus, cfg.train.micro_batch_size, computed, gc)
+        tps = mfu_assumed * peak * 1e12 * n_gpus / (f.total / computed) / overhead  # real tokens/s
         hours = samples * tokens / tps / 3600
         rows.append(PlanRow(spec, trainable_params(shape, v.region)["total"], f.model, mem, tps, hours,
                             hours * n_gpus, mem["gpu_total"] <= gpu_memory_gb * GB))
@@ -297,13 +302,30 @@ def format_plan(rows: list[PlanRow], title: str = "", gpu_memory_gb: float = 80.
     return "\n".join(lines)
 
 
+PROFILE_VARIANTS = ("full", "full+grouped", "full+packed", "region", "region+packed", "region@2/8",
+                    "region@2/8+packed")
+
+
 def plan_text(cfg: Config, n_gpus: int = 1, gpu: str = "h100", samples: int = 665_000,
-              tokens_per_sample: Optional[int] = None) -> str:
-    """The `vregion bench --plan` report for one resolved stage config."""
+              tokens_per_sample: Optional[int] = None, profile: Optional[str] = None) -> str:
+    """The `vregion bench --plan` report for one resolved stage config; with a length `profile` (e.g.
+    llava-665k) tokens per sample and each data mode's padding come from the profile's lengths."""
     shape = shape_from_config(cfg.model)
-    tokens = tokens_per_sample or default_tokens_per_sample(shape, cfg)
-    rows = plan_rows(shape, cfg, n_gpus, peak_tflops(gpu), samples, tokens)
+    padding, variants, note = None, PLAN_VARIANTS, ""
+    if profile is not None:
+        from vregion.bench.padding import estimate_padding, profile_lengths
+
+        lengths = profile_lengths(profile, shape.vision.tokens, cfg.data.max_length)
+        estimate = estimate_padding(lengths, cfg.train.micro_batch_size, cfg.data.max_length)
+        padding, variants = estimate.cost, PROFILE_VARIANTS
+        tokens = tokens_per_sample or round(estimate.real_tokens_per_sample)
+        note = (f"profile {profile}: {tokens} real tokens/sample; padding share of computed positions: padded "
+                f"{estimate.share(None):.1%}, grouped {estimate.share('grouped'):.1%}, packed "
+                f"{estimate.share('packed'):.1%} (micro-batch {cfg.train.micro_batch_size}, rows of "
+                f"{cfg.data.max_length}); tokens/s counts real tokens\n")
+    tokens = tokens_per_sample or (tokens if profile else default_tokens_per_sample(shape, cfg))
+    rows = plan_rows(shape, cfg, n_gpus, peak_tflops(gpu), samples, tokens, variants=variants, padding=padding)
     title = (f"plan: {n_gpus} x {gpu}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}, micro-batch "
              f"{cfg.train.micro_batch_size}, {tokens} tokens/sample, gradient checkpointing "
              f"{'on' if cfg.model.gradient_checkpointing else 'off'}, {samples:,} samples, 40% MFU assumed\n")
-    return format_plan(rows, title)
+    return format_plan(rows, title + note)

@@ -60,13 +60,25 @@ class EngineRun:
     base: str
     cfg: Config
     engine: object
-    batches: Iterator
+    data: StageData
     shape: Optional[VLMShape]  # None: the plan has no FLOP model for this LLM family (no TFLOP/s, MFU)
     trainable: int  # trainable elements of the whole model (not a rank's ZeRO-3 partition)
     accum: int
     dtype: torch.dtype
     state_bytes: int = 0  # optimizer state on this rank (ZeRO >= 1 splits it over the ranks)
     resident_bytes: Optional[int] = None  # memory still in use after building and warming up this engine
+    streams: dict = field(default_factory=dict)  # data mode -> batch iterator, shared by that mode's variants
+
+    def batches(self, variant: Variant) -> Iterator:
+        """The training batches of `variant`'s data mode (padded, packed, grouped) on this engine's model."""
+        key = tuple(sorted(variant.data_overrides(self.cfg.data.group_by_length).items()))
+        if key not in self.streams:
+            cfg = copy.deepcopy(self.cfg)
+            for name, value in key:
+                setattr(cfg.data, name, value)
+            data = StageData(cfg, self.engine.module, self.data.tokenizer)
+            self.streams[key] = iter(data.train_loader())
+        return self.streams[key]
 
 
 @dataclass
@@ -79,6 +91,7 @@ class VariantRun:
     variant: Variant
     steps: list = field(default_factory=list)
     step_peak_bytes: int = 0  # most memory its warm-up steps added above what was in use before them
+    batches: Optional[Iterator] = None
     _flops: dict = field(default_factory=dict)
 
 
@@ -134,14 +147,14 @@ def _build_engine(cfg: Config, variant: Variant) -> EngineRun:
     engine, _, _, groups = build_engine(cfg, model, total_steps=10**6)
     data = StageData(cfg, model, tokenizer)
     accum = grad_accum_steps(cfg.train, dist.world_size())
-    return EngineRun(variant.base, cfg, engine, iter(data.train_loader()), shape, groups.numel, accum, model_dtype(cfg))
+    return EngineRun(variant.base, cfg, engine, data, shape, groups.numel, accum, model_dtype(cfg))
 
 
 def _attach(owner: EngineRun, variant: Variant) -> VariantRun:
     layers = owner.engine.module.runner.num_layers
     pooling = variant.pooling
     stage = PoolingSetting(0, None, None) if pooling is None else PoolingSetting(0, scale_layer(pooling[0], layers), pooling[1])
-    return VariantRun(variant.name, owner, stage, variant)
+    return VariantRun(variant.name, owner, stage, variant, batches=owner.batches(variant))
 
 
 def _now(cuda: bool) -> float:
@@ -151,7 +164,8 @@ def _now(cuda: bool) -> float:
 
 
 def _batch_flops(run: VariantRun, batch: dict) -> Optional[float]:
-    """Model FLOPs (forward + backward) of a padded batch: every sample costs the padded length."""
+    """Model FLOPs (forward + backward) of a padded batch: every row costs the padded length (a packed row
+    costs its full length too: attention over a block-diagonal mask is computed densely without flash)."""
     if run.owner.shape is None:
         return None
     samples, length = batch["input_ids"].shape
@@ -172,7 +186,7 @@ def timed_step(run: VariantRun) -> StepTiming:
     t = StepTiming(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
     start = _now(cuda)
     for _ in range(owner.accum):
-        batch = next(owner.batches)
+        batch = next(run.batches)
         inputs = model_inputs(batch, dist.device(), owner.dtype)
         t0 = _now(cuda)
         out = owner.engine(**inputs)
@@ -184,7 +198,7 @@ def timed_step(run: VariantRun) -> StepTiming:
         t.forward, t.backward, t.optimizer = t.forward + t1 - t0, t.backward + t2 - t1, t.optimizer + t3 - t2
         t.tokens += float(batch["attention_mask"].sum())
         t.positions += float(batch["attention_mask"].numel())  # rows x padded length: what the model ran on
-        t.samples += int(batch["input_ids"].shape[0])
+        t.samples += int(batch["num_samples"])  # samples, not rows: a packed row holds several
         flops = _batch_flops(run, batch)
         t.flops = None if flops is None else t.flops + flops
     t.seconds = _now(cuda) - start

@@ -94,7 +94,7 @@ class ChatModel:
         # Training never saw a longer sequence: prompt and answer must fit in it.
         self.max_length = int((config.get("data") or {}).get("max_length", 2048))
         vision = model.vision
-        self.images = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std)
+        self.images = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
         (end_id,) = tokenizer.encode(self.template.end, add_special_tokens=False)  # one token: validated above
         self.stop_ids = sorted({end_id, tokenizer.eos_token_id} - {None})  # as `vregion eval` stops answers
 

@@ -71,6 +71,7 @@ def pool_visual_spans(
     image_spans: Optional[torch.Tensor],
     stride: int,
     impl: str = "auto",
+    segment_ids: Optional[torch.Tensor] = None,
 ) -> PooledSequence:
     """`vregion.compress.pooling.pool_visual_spans` with the hidden states pooled by `impl`.
 
@@ -80,6 +81,6 @@ def pool_visual_spans(
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if stride == 1 or not has_images(image_spans):
-        return PooledSequence(hidden, attention_mask, position_ids, labels, image_spans)
+        return PooledSequence(hidden, attention_mask, position_ids, labels, image_spans, segment_ids)
     plan = plan_pooling(attention_mask, image_spans, stride)
-    return apply_plan(plan, hidden, position_ids, labels, pool_rows_fn=fn)
+    return apply_plan(plan, hidden, position_ids, labels, pool_rows_fn=fn, segment_ids=segment_ids)

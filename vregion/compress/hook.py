@@ -3,7 +3,7 @@
 `set_compression(model, K, S)` makes the runner pool every image's visual tokens right before decoder
 layer K (K = 0: before the first layer), then rebuild masks and rotary embeddings with `runner.refresh`.
 Layers < K see all visual tokens, layers >= K see ceil(L / S) per image. The hook also keeps
-`state.extras["labels"]` and `["image_spans"]` aligned, so `VisionLanguageModel.forward`'s loss uses the
+`state.extras["labels"]` and `["image_spans"]` (and packed rows' segment ids) aligned, so `VisionLanguageModel.forward`'s loss uses the
 pooled labels. Other per-token extras are not touched.
 
 Generation is compressed too: with the hook installed, `VisionLanguageModel.generate` decodes through the
@@ -43,12 +43,14 @@ class CompressionHook:
             state.extras.get("image_spans"),
             self.stride,
             impl=self.impl,
+            segment_ids=state.segment_ids,
         )
         if pooled.hidden is state.hidden:  # nothing pooled (text-only batch): masks are still valid
             return state
         state.hidden = pooled.hidden  # (B, T', D)
         state.attention_mask = pooled.attention_mask  # (B, T')
         state.position_ids = pooled.position_ids  # (B, T')
+        state.segment_ids = pooled.segment_ids  # (B, T') or None
         state.extras["labels"] = pooled.labels
         state.extras["image_spans"] = pooled.image_spans
         return self.runner.refresh(state)

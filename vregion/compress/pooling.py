@@ -57,6 +57,7 @@ class PooledSequence:
     position_ids: torch.Tensor  # (B, T') float32 after pooling (means of pooled positions), unchanged if S = 1
     labels: Optional[torch.Tensor]  # (B, T') IGNORE_INDEX at visual rows, padding and each first token
     image_spans: Optional[torch.Tensor]  # (M, 3) new starts and lengths ceil(L / S)
+    segment_ids: Optional[torch.Tensor] = None  # (B, T') packed rows: sample of each row (a window's own sample)
 
 
 def _padding_left(real: torch.Tensor) -> torch.Tensor:
@@ -164,6 +165,7 @@ def apply_plan(
     position_ids: torch.Tensor,
     labels: Optional[torch.Tensor],
     pool_rows_fn: PoolRowsFn = pool_rows,
+    segment_ids: Optional[torch.Tensor] = None,
 ) -> PooledSequence:
     """Apply a plan to the hidden states (with `pool_rows_fn`), positions and labels.
 
@@ -174,6 +176,8 @@ def apply_plan(
         labels: (B, T) or None; visual rows, padding and each sample's first token get IGNORE_INDEX,
             other text keeps its label.
         pool_rows_fn: the reference `pool_rows` or the fused kernel.
+        segment_ids: (B, T) packed rows' sample ids or None; a window lies inside one image, hence one
+            sample, so each output row takes the id of its first input row.
     """
     pooled = pool_rows_fn(hidden, plan.start, plan.count)  # (B, T', D)
     # Positions are few and need exact means, so they always take the fp32 reference path.
@@ -187,7 +191,14 @@ def apply_plan(
         # unpadded row in a left-padded batch), where the shifted loss would otherwise count it.
         first = (plan.count > 0).to(torch.uint8).argmax(1)  # (B,)
         new_labels[torch.arange(len(first), device=first.device), first] = IGNORE_INDEX
-    return PooledSequence(pooled, plan.attention_mask, positions, new_labels, plan.image_spans)
+    new_segments = None
+    if segment_ids is not None:
+        segment_ids = segment_ids.to(hidden.device)
+        new_segments = segment_ids.gather(1, plan.start)
+        # Padding rows (count 0) point at row 0; give them their row's last sample (ids grow along a row), as
+        # unpooled padding has, so their queries still see a real token.
+        new_segments = torch.where(plan.count > 0, new_segments, segment_ids.max(1, keepdim=True).values)
+    return PooledSequence(pooled, plan.attention_mask, positions, new_labels, plan.image_spans, new_segments)
 
 
 def has_images(image_spans: Optional[torch.Tensor]) -> bool:
@@ -202,6 +213,7 @@ def pool_visual_spans(
     labels: Optional[torch.Tensor],
     image_spans: Optional[torch.Tensor],
     stride: int,
+    segment_ids: Optional[torch.Tensor] = None,
 ) -> PooledSequence:
     """Average-pool every image's visual span with kernel = stride = S (pure PyTorch reference).
 
@@ -212,12 +224,13 @@ def pool_visual_spans(
         labels: (B, T) or None.
         image_spans: (M, 3) rows [sample, start, length], sample -1 = dummy (ignored); or None.
         stride: S; S = 1, or no real image, returns the inputs unchanged (same tensor objects).
+        segment_ids: (B, T) sample of each token in packed rows, or None.
     Returns:
         PooledSequence of length T' (see the module docstring for positions and padding side).
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if stride == 1 or not has_images(image_spans):
-        return PooledSequence(hidden, attention_mask, position_ids, labels, image_spans)
+        return PooledSequence(hidden, attention_mask, position_ids, labels, image_spans, segment_ids)
     plan = plan_pooling(attention_mask, image_spans, stride)
-    return apply_plan(plan, hidden, position_ids, labels)
+    return apply_plan(plan, hidden, position_ids, labels, segment_ids=segment_ids)

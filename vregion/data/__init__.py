@@ -2,7 +2,7 @@
 
 from .collate import collate
 from .errors import SampleError
-from .image import ImageDecodeError, ImageProcessor
+from .image import IMAGE_ASPECTS, ImageDecodeError, ImageProcessor
 from .reader import ShardLoader, build_loader, consumed_samples
 from .shards import count_samples, resolve_shards, split_for_rank
 from .synthetic import make_synthetic_shards
@@ -21,6 +21,7 @@ from .writer import pack_llava_json, write_shards
 
 __all__ = [
     "IGNORE_INDEX",
+    "IMAGE_ASPECTS",
     "IMAGE_TAG",
     "TEMPLATES",
     "ChatTemplate",

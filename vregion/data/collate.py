@@ -9,12 +9,14 @@ from .templates import IGNORE_INDEX
 
 # The batch entries VisionLanguageModel.forward takes (the rest is bookkeeping: num_samples, skipped).
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_spans")
+# Only packed batches (vregion.data.packing) have these.
+PACKED_KEYS = ("position_ids", "segment_ids")
 
 
 def batch_to(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """The model-facing tensors of a batch on `device`, floating ones (images) in the model's `dtype`."""
     out = {}
-    for key in MODEL_KEYS:
+    for key in MODEL_KEYS + tuple(k for k in PACKED_KEYS if k in batch):
         value = batch[key].to(device, non_blocking=True)
         out[key] = value.to(dtype) if value.is_floating_point() else value
     return out

@@ -1,4 +1,12 @@
-"""Image bytes or PIL images -> normalised (3, S, S) float tensors for the vision tower (PIL + numpy only)."""
+"""Image bytes or PIL images -> normalised (3, S, S) float tensors for the vision tower (PIL + numpy only).
+
+How a non-square image becomes the tower's square input is the checkpoint's `model.vision.image_aspect`:
+- `squash`: bicubic resize of the whole image to S x S (aspect ratio lost; vregion's default).
+- `pad`: LLaVA-1.5's `image_aspect_ratio: pad`: expand to a square canvas (image centred) filled with the
+  normalisation mean as a colour, `int(mean * 255)` per channel (so padding normalises to about 0), then resize.
+- `crop`: llava-hf / CLIP processors: bicubic resize of the shortest side to S (long side `int(S * long / short)`),
+  then the centred S x S crop (offsets rounded down).
+"""
 
 from __future__ import annotations
 
@@ -18,13 +26,50 @@ class ImageDecodeError(ValueError):
     """Bytes that PIL cannot decode (corrupt, truncated, or not an image)."""
 
 
-class ImageProcessor:
-    """Decode, convert to RGB, bicubic-resize to `image_size` square, scale to [0, 1], normalise per channel."""
+IMAGE_ASPECTS = ("squash", "pad", "crop")
 
-    def __init__(self, image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+
+def pad_colour(mean: Sequence[float]) -> tuple[int, int, int]:
+    """LLaVA-1.5's padding colour: the normalisation mean in 0..255, truncated (CLIP: (122, 116, 104))."""
+    return tuple(int(m * 255) for m in mean)
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """The image centred on a square canvas of its longer side, filled with `fill` (offsets rounded down)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def resize_and_centre_crop(image: Image.Image, size: int) -> Image.Image:
+    """Shortest side to `size` (bicubic), then the centred `size` x `size` crop."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    long = int(size * long / short)  # truncated, as Hugging Face's shortest-edge resize computes it
+    new = (size, long) if width <= height else (long, size)  # (W, H)
+    if new != image.size:
+        image = image.resize(new, Image.BICUBIC)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+class ImageProcessor:
+    """Decode, convert to RGB, make square by `aspect` (squash | pad | crop) at `image_size`, scale to [0, 1],
+    normalise per channel."""
+
+    def __init__(self, image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                 aspect: str = "squash"):
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"mean and std need 3 channels, got {mean} and {std}")
+        if aspect not in IMAGE_ASPECTS:
+            raise ValueError(f"image aspect {aspect!r} is not valid; valid: {' | '.join(IMAGE_ASPECTS)}")
         self.image_size = image_size
+        self.aspect = aspect
+        self.fill = pad_colour(mean)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -32,9 +77,18 @@ class ImageProcessor:
         """One image -> (3, S, S) float32. Raises ImageDecodeError on undecodable bytes."""
         if isinstance(image, (bytes, bytearray, memoryview)):
             image = decode_image(bytes(image))
-        rgb = to_rgb(image).resize((self.image_size, self.image_size), Image.BICUBIC)
+        rgb = self.square(to_rgb(image))
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
         return (pixels - self.mean) / self.std
+
+    def square(self, rgb: Image.Image) -> Image.Image:
+        """The RGB image as the tower's S x S input, by this processor's aspect mode."""
+        size = (self.image_size, self.image_size)
+        if self.aspect == "crop":
+            return resize_and_centre_crop(rgb, self.image_size)
+        if self.aspect == "pad":
+            rgb = expand_to_square(rgb, self.fill)
+        return rgb if rgb.size == size else rgb.resize(size, Image.BICUBIC)
 
 
 def decode_image(data: bytes) -> Image.Image:

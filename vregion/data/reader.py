@@ -10,6 +10,13 @@ How the pieces fit (why it is built this way):
   sums that over the batches it used (`consumed_samples`) and passes the total as skip_samples, the new
   loader starts at the very next position and yields the same batches as the uninterrupted run, even with
   a different num_workers. Skipped positions are dropped before any decoding.
+Length grouping (`group_by`, LLaVA's modality-length grouping): positions are cut into fixed windows of
+`group_by * micro_batch_size` positions, aligned at multiples of that size; a window's samples are sorted by
+(text-only, length), cut into micro-batches, and those are emitted in a seeded random order. A window's
+skipped positions are attributed to its first emitted batch, so the batches of a window consume exactly its
+positions. Resuming at skip_samples inside a window re-reads the window from its start and drops the batches
+already used (their consumed positions add up to the offset), so grouping resumes exactly too.
+Packing (`packing`) only changes how a micro-batch is collated (see packing.py): same samples, fewer rows.
 Cost of this design: every worker reads all of the rank's tar bytes (decoding only its own share) and
 holds its own copy of the shuffle buffer, so memory grows with num_workers * shuffle_buffer * sample size.
 """
@@ -17,8 +24,10 @@ holds its own copy of the shuffle buffer, so memory grows with num_workers * shu
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .collate import collate
 from .decode import SampleDecoder
+from .packing import collate_packed
 from .image import ImageProcessor
 from .shards import resolve_shards
 from .stream import rank_stream
@@ -70,7 +80,8 @@ class ShardLoader:
     """Iterable of batch dicts (see collate.collate); each iteration starts again at skip_samples."""
 
     def __init__(
-        self, dataset: _PositionDataset, micro_batch_size, num_workers, pad_token_id, image_size, padding_side
+        self, dataset: _PositionDataset, micro_batch_size, num_workers, pad_token_id, image_size, padding_side,
+        packing_capacity: int | None = None, group_by: int = 0,
     ):
         self.dataset = dataset
         self.micro_batch_size = micro_batch_size
@@ -78,11 +89,23 @@ class ShardLoader:
         self.pad_token_id = pad_token_id
         self.image_size = image_size
         self.padding_side = padding_side
+        self.packing_capacity = packing_capacity
+        self.group_by = group_by
 
     def __iter__(self) -> Iterator[dict]:
+        if not self.group_by:
+            return self._batches(self._items(self.dataset.skip_samples))
+        return self._grouped_batches()
+
+    def _items(self, start: int) -> Iterator[dict]:
+        """Decoded results (samples or {"skip": reason}), one per position, from position `start` on."""
         in_flight = -(-2 * self.micro_batch_size // max(1, self.num_workers))  # ~two batches across workers
+        dataset = self.dataset
+        if start != dataset.skip_samples:
+            dataset = _PositionDataset(dataset.shards, dataset.decoder, dataset.seed, dataset.rank, dataset.world_size,
+                                       dataset.shuffle_buffer, start, dataset.infinite)
         loader = DataLoader(
-            self.dataset,
+            dataset,
             batch_size=None,  # one item per position; batches are assembled here, in position order
             num_workers=self.num_workers,
             collate_fn=_identity,
@@ -91,9 +114,13 @@ class ShardLoader:
             # the global torch RNG, shifting every dropout mask after a resume restored that RNG.
             generator=torch.Generator().manual_seed(self.dataset.seed),
         )
+        return iter(loader)
+
+    def _batches(self, items: Iterator[dict]) -> Iterator[dict]:
+        """Batches of the next micro_batch_size good samples, in position order, with the skips before each."""
         pending: list[dict] = []
         skipped: collections.Counter = collections.Counter()
-        for item in loader:
+        for item in items:
             if "skip" in item:
                 skipped[item["skip"]] += 1
                 if sum(skipped.values()) % SKIP_WARN_EVERY == 0:
@@ -106,7 +133,54 @@ class ShardLoader:
         if pending:  # the short last batch of a finite pass (skips after the last sample go unreported)
             yield self._collate(pending, skipped)
 
+    def _grouped_batches(self) -> Iterator[dict]:
+        """Length-grouped batches, window by window (see the module docstring); exact under resume."""
+        window = self.group_by * self.micro_batch_size
+        skip = self.dataset.skip_samples
+        first = skip - skip % window  # the window the resume position falls in
+        drop = skip - first  # positions of that window already consumed: its first batches
+        items = self._items(first)
+        carry: collections.Counter = collections.Counter()  # skips of windows that had no sample at all
+        for index in itertools.count(first // window):
+            samples, skipped = self._read_window(itertools.islice(items, window))
+            if not samples and not skipped:
+                return  # the stream ended
+            carry.update(skipped)
+            if not samples:
+                continue
+            for batch in self._window_batches(samples, carry, index):
+                if drop > 0:
+                    drop -= consumed_samples(batch)
+                    if drop < 0:
+                        raise RuntimeError("the resume position does not fall between two length-grouped batches")
+                    continue
+                yield batch
+            carry = collections.Counter()
+
+    @staticmethod
+    def _read_window(items: Iterator[dict]) -> tuple[list[dict], collections.Counter]:
+        samples: list[dict] = []
+        skipped: collections.Counter = collections.Counter()
+        for item in items:
+            if "skip" in item:
+                skipped[item["skip"]] += 1
+            else:
+                samples.append(item)
+        return samples, skipped
+
+    def _window_batches(self, samples: list[dict], skipped: collections.Counter, index: int) -> list[dict]:
+        """One window's batches in their seeded order; the window's skips go with the first one."""
+        # LLaVA's modality-length grouping: text-only samples apart from image samples, each sorted by length
+        order = sorted(range(len(samples)),
+                       key=lambda i: (not samples[i]["image_spans"], len(samples[i]["input_ids"]), i))
+        size = self.micro_batch_size
+        groups = [[samples[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
+        random.Random(f"vregion-groups-{self.dataset.seed}-{index}").shuffle(groups)
+        return [self._collate(group, skipped if g == 0 else collections.Counter()) for g, group in enumerate(groups)]
+
     def _collate(self, samples, skipped) -> dict:
+        if self.packing_capacity is not None:
+            return collate_packed(samples, self.pad_token_id, self.image_size, self.packing_capacity, dict(skipped))
         return collate(samples, self.pad_token_id, self.image_size, self.padding_side, dict(skipped))
 
 
@@ -133,6 +207,8 @@ def build_loader(
     skip_samples: int = 0,
     infinite: bool = True,
     padding_side: str = "right",
+    packing: bool = False,
+    group_by_length: int = 0,
 ) -> ShardLoader:
     """Batches for one rank.
 
@@ -146,11 +222,17 @@ def build_loader(
         skip_samples: positions this rank already consumed (sum of consumed_samples over used batches).
         infinite: repeat epochs forever (training) or stop after one pass (evaluation).
         padding_side: "right" (training) or "left".
+        packing: pack each batch's samples into rows of up to max_length tokens (packing.collate_packed).
+        group_by_length: sort windows of this many batches by (text-only, length); 0 = off.
     """
     if micro_batch_size < 1 or num_workers < 0 or skip_samples < 0 or shuffle_buffer < 0:
         raise ValueError("micro_batch_size >= 1, num_workers >= 0, skip_samples >= 0, shuffle_buffer >= 0")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if packing and padding_side != "right":
+        raise ValueError("packed rows are right-padded; packing is for training, not left-padded generation")
+    if group_by_length < 0:
+        raise ValueError(f"group_by_length must be >= 0, got {group_by_length}")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set one (e.g. its eos or a reserved token)")
     validate_template(tokenizer, template)
@@ -162,5 +244,6 @@ def build_loader(
         resolve_shards(shards), decoder, seed, rank, world_size, shuffle_buffer, skip_samples, infinite
     )
     return ShardLoader(
-        dataset, micro_batch_size, num_workers, tokenizer.pad_token_id, image_processor.image_size, padding_side
+        dataset, micro_batch_size, num_workers, tokenizer.pad_token_id, image_processor.image_size, padding_side,
+        packing_capacity=max_length if packing else None, group_by=group_by_length,
     )

@@ -4,11 +4,18 @@ Layout under `<stage>/checkpoints/`: one folder per save (`step-000010/`) holdin
 `rank_state_<r>.pt` per rank and a `COMPLETE` marker written after every rank finished; `latest` names
 the newest complete folder and is replaced atomically, so a crash mid-save never leaves a `latest`
 that cannot load.
+
+`rank_state_<r>.pt` holds only tensors, numbers, strings, lists and dicts (numpy's RNG array is stored as a
+tensor), so it loads with `torch.load(weights_only=True)`: reading it never runs code from the file. Files of
+older versions (a numpy array inside) load through the same restricted unpickler with numpy's array
+reconstruction allowed, which builds arrays and nothing else. DeepSpeed's own files in the folder are read by
+DeepSpeed: resume only from checkpoints you wrote.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 
 from vregion import distributed as dist
+from vregion.models.safe_load import refusal
 
 COMPLETE = "COMPLETE"
 
@@ -27,9 +35,12 @@ def tag_for(step: int) -> str:
 
 
 def _rng_state() -> dict:
+    """Every RNG's state in types the restricted unpickler accepts (no numpy objects)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -38,8 +49,12 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy()
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -90,6 +105,26 @@ def latest_tag(root: Path) -> str | None:
     return tags[-1] if tags else None
 
 
+def _numpy_array_globals() -> list:
+    """What unpickling a numpy RNG array needs: the array reconstruction, ndarray and its dtype classes."""
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed np.core to np._core
+    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_rank_state(path: Path) -> dict[str, Any]:
+    """A rank_state file through torch's restricted unpickler (never weights_only=False).
+
+    Raises:
+        RuntimeError: naming the file and what its pickle asked for, when it holds anything but plain data.
+    """
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):  # older files hold numpy's RNG array
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(f"refusing to load {path}: it holds objects other than plain data and tensors, and "
+                           f"unpickling them could run code ({refusal(e)})") from None
+
+
 def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
     """Restore engine, optimizer and scheduler state, and this rank's RNG; returns (client, rank) state."""
     _, client_state = engine.load_checkpoint(
@@ -102,6 +137,6 @@ def load(engine, root: Path, tag: str) -> tuple[dict, dict]:
         raise RuntimeError(
             f"{rank_file} is missing: the checkpoint was written by a run with a different number of ranks"
         )
-    rank_state: dict[str, Any] = torch.load(rank_file, weights_only=False)
+    rank_state = load_rank_state(rank_file)
     _set_rng_state(rank_state.pop("rng"))
     return client_state, rank_state

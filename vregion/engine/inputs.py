@@ -6,12 +6,18 @@ import torch
 
 from vregion import distributed as dist
 from vregion.config import Config
+from vregion.constants import IGNORE_INDEX
 from vregion.data import ImageProcessor, build_loader, count_samples
 from vregion.data.collate import batch_to
 
 def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """The forward's arguments for a batch on `device`; the loss is all training needs, not the logits."""
     return {**batch_to(batch, device, dtype), "return_logits": False}
+
+
+def supervised_tokens(batch: dict) -> int:
+    """Tokens of `batch` the loss is taken on (a label after the shift), before any pooling (which keeps them)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 class StageData:
@@ -21,7 +27,7 @@ class StageData:
         self.cfg = cfg
         self.tokenizer = tokenizer
         vision = model.vision
-        self.image_processor = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std)
+        self.image_processor = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
         self.num_image_tokens = vision.num_tokens
         # Visual positions hold the pad id: its embedding is replaced by projected features anyway.
         self.image_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -35,7 +41,8 @@ class StageData:
     def train_sample_count(self) -> int | None:
         return count_samples(self.cfg.data.train_shards)
 
-    def _loader(self, shards: str, seed: int, skip_samples: int, infinite: bool, shuffle_buffer: int):
+    def _loader(self, shards: str, seed: int, skip_samples: int, infinite: bool, shuffle_buffer: int,
+                training: bool = False):
         cfg = self.cfg
         return build_loader(
             shards,
@@ -53,11 +60,15 @@ class StageData:
             shuffle_buffer=shuffle_buffer,
             skip_samples=skip_samples,
             infinite=infinite,
+            # held-out batches stay padded: their loss is token-weighted either way, and they are few
+            packing=training and cfg.data.packing,
+            group_by_length=cfg.data.group_by_length if training else 0,
         )
 
     def train_loader(self, skip_samples: int = 0):
         return self._loader(
-            self.cfg.data.train_shards, self.cfg.run.seed, skip_samples, True, self.cfg.data.shuffle_buffer
+            self.cfg.data.train_shards, self.cfg.run.seed, skip_samples, True, self.cfg.data.shuffle_buffer,
+            training=True,
         )
 
     def eval_loader(self):

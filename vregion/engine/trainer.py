@@ -23,7 +23,7 @@ from vregion.engine import checkpoint
 from vregion.engine.ds_config import grad_accum_steps
 from vregion.engine.evaluate import held_out_accuracy, held_out_loss
 from vregion.engine.factory import build_engine
-from vregion.engine.inputs import StageData, model_inputs
+from vregion.engine.inputs import StageData, model_inputs, supervised_tokens
 from vregion.engine.metrics import MetricsLogger
 from vregion.engine.prepare import FINAL
 from vregion.engine.state_dict import gather_state_dict, merge_lora_state_dict
@@ -39,9 +39,13 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 class Preempted(Exception):
     """The run was asked to stop by a signal; a complete checkpoint of `step` was written first."""
 
-    def __init__(self, step: int):
-        super().__init__(f"stopped by a signal after step {step}; checkpoint written, continue with --resume")
+    def __init__(self, step: int, signal_name: str | None = None):
+        by = signal_name or "a signal"
+        super().__init__(f"stopped by {by} after step {step}; checkpoint written, continue with --resume")
         self.step = step
+        # The signal this rank received, or None when another rank's signal stopped the run (ranks stop
+        # together): the batch script tells a cancel (SIGTERM) from a time-limit warning (SIGUSR1) by it.
+        self.signal_name = signal_name
 
 
 class NonFiniteLossError(RuntimeError):
@@ -155,10 +159,14 @@ class StageTrainer:
     # -------------------------------------------------------------------------------------------- loop
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
+        # The first signal names the stop: a cancel that follows a time-limit warning is still reported as
+        # the warning that started it, the stop itself being the same checkpoint.
+        self.stop_signal = self.stop_signal or signal.Signals(signum).name
 
     def run(self) -> dict:
         """Train the stage; on SIGTERM/SIGUSR1 finish the step, checkpoint, and raise Preempted."""
         self.stop_requested = False
+        self.stop_signal = None
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._request_stop) for sig in PREEMPT_SIGNALS}
@@ -196,16 +204,23 @@ class StageTrainer:
             lrs = self.scheduler.get_last_lr()  # the rates this step uses (stepping moves them to the next's)
             t0 = time.perf_counter()
             loss_sum = tokens = samples = 0.0
-            micro = 0
-            while micro < accum:
-                batch = next(batches)
+            # The loss is the mean over the step's supervised tokens (all micro-batches, all ranks), so packed
+            # and padded runs, and micro-batches of different lengths, optimise the same objective.
+            drawn = [next(batches) for _ in range(accum)]
+            (step_tokens,) = dist.all_reduce_sum([float(sum(supervised_tokens(b) for b in drawn))])
+            scale = accum * dist.world_size() / max(step_tokens, 1.0)  # DeepSpeed divides by both
+            while drawn:
+                batch = drawn.pop(0)
                 data_position += consumed_samples(batch)
                 skipped.update(batch["skipped"])
-                micro_loss = self.micro_step(batch, dtype, skipped)
+                count = supervised_tokens(batch)
+                micro_loss = self.micro_step(batch, dtype, skipped, weight=count * scale)
                 if micro_loss is None:
-                    continue  # a non-finite loss: the micro-batch is dropped and another one drawn
-                micro += 1
-                loss_sum += micro_loss
+                    # a non-finite loss: the micro-batch is dropped and another one drawn in its place (the
+                    # step's normaliser keeps the dropped one's tokens; a rare, logged event)
+                    drawn.append(next(batches))
+                    continue
+                loss_sum += micro_loss * count
                 tokens += float(batch["attention_mask"].sum())
                 samples += batch["num_samples"]
             step += 1
@@ -215,7 +230,7 @@ class StageTrainer:
             loss_sum, tokens, samples, stop = dist.all_reduce_sum(
                 [loss_sum, tokens, samples, 1.0 if self.stop_requested else 0.0]
             )
-            loss = loss_sum / (accum * dist.world_size())
+            loss = loss_sum / max(step_tokens, 1.0)
             trained_tokens += tokens
             trained_samples += samples
             if step % self.cfg.train.log_every == 0 or step == self.total_steps:
@@ -237,7 +252,7 @@ class StageTrainer:
                 if not (save_every and step % save_every == 0):
                     self._save(step, data_position, skipped)
                 logger.close()
-                raise Preempted(step)
+                raise Preempted(step, self.stop_signal)
         wall = time.perf_counter() - started
         if self.data.has_eval:
             last_eval = self._held_out(step, dtype)
@@ -246,8 +261,11 @@ class StageTrainer:
         summary = self._finish(step, wall, trained_tokens, trained_samples, skipped, last_eval)
         return summary
 
-    def micro_step(self, batch: dict, dtype: torch.dtype, skipped: Counter) -> float | None:
+    def micro_step(self, batch: dict, dtype: torch.dtype, skipped: Counter, weight: float = 1.0) -> float | None:
         """Forward, backward and (at accumulation boundaries) optimizer step of one micro-batch.
+
+        `weight` scales the micro-batch's mean loss in the backward (its share of the step's supervised tokens,
+        times the accumulation steps and ranks DeepSpeed averages over); the unscaled mean is returned.
 
         A non-finite loss on any rank skips the backward on every rank (ranks must stay in step under ZeRO),
         is counted as `skipped_nonfinite_loss`, and too many abort the run with a clear error.
@@ -265,7 +283,7 @@ class StageTrainer:
                     f"{self.cfg.train.max_nonfinite}); lower the learning rate, check the data, or use fp32/bf16"
                 )
             return None
-        self.engine.backward(loss)
+        self.engine.backward(loss * weight)
         self.engine.step()
         return loss.item()
 

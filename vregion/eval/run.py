@@ -160,8 +160,8 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
     rank, world = dist.rank(), dist.world_size()
     vision = model.vision
     validate_template(tokenizer, template)
-    decoder = SampleDecoder(tokenizer, template, ImageProcessor(vision.image_size, vision.image_mean, vision.image_std),
-                            vision.num_tokens, tokenizer.pad_token_id, max_length)
+    images = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
+    decoder = SampleDecoder(tokenizer, template, images, vision.num_tokens, tokenizer.pad_token_id, max_length)
 
     def batches(shards: str, text_only: bool = False) -> Iterator[dict]:
         total = count_samples(shards)

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from vregion.config import VisionConfig
+from vregion.models.checkpoint import architecture_only
 from vregion.models.efficientnet import build_efficientnet_lite0
 
 # OpenAI CLIP's normalisation (also used by LLaVA-1.5's CLIP ViT-L/14-336); SigLIP maps pixels to [-1, 1].
@@ -41,6 +42,8 @@ class VisionBackbone(nn.Module):
         hidden_size: feature width (the projector's input width).
         image_size: square input resolution the pipeline must resize to.
         image_mean, image_std: per-channel normalisation the pipeline must apply.
+        image_aspect: how the pipeline makes a non-square image square (squash | pad | crop; set by
+            `build_vision_backbone` from the config, so evaluation preprocesses as training did).
     """
 
     num_tokens: int
@@ -48,6 +51,7 @@ class VisionBackbone(nn.Module):
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    image_aspect: str = "squash"
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -99,7 +103,8 @@ class HFViTBackbone(VisionBackbone):
 
 
 def _load_hf_tower(cfg: VisionConfig, model_cls: type, config_cls: type, tiny_defaults: dict) -> nn.Module:
-    """The HF tower from cfg.path (folder or hub id) or, with cfg.tiny, from a random tiny config."""
+    """The HF tower from cfg.path (folder or hub id), its architecture only for a folder without weights, or,
+    with cfg.tiny, from a random tiny config."""
     if cfg.tiny is not None:
         overrides = dict(cfg.tiny)
         if cfg.image_size is not None:
@@ -107,6 +112,8 @@ def _load_hf_tower(cfg: VisionConfig, model_cls: type, config_cls: type, tiny_de
         return model_cls(config_cls(**(tiny_defaults | overrides)))
     if cfg.path is None:
         raise ValueError("model.vision needs either `path` (HF folder or hub id) or `tiny` (random config)")
+    if architecture_only(cfg.path):
+        return model_cls(config_cls.from_pretrained(cfg.path))
     return model_cls.from_pretrained(cfg.path)
 
 
@@ -134,4 +141,6 @@ def build_vision_backbone(cfg: VisionConfig) -> VisionBackbone:
     """Build the backbone named by cfg.type; an unknown id fails with the list of valid ones."""
     if cfg.type not in BACKBONES:
         raise ValueError(f"unknown vision backbone '{cfg.type}'; valid ids: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[cfg.type](cfg)
+    backbone = BACKBONES[cfg.type](cfg)
+    backbone.image_aspect = cfg.image_aspect
+    return backbone

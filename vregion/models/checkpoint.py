@@ -63,6 +63,17 @@ def stored_names(path: str | Path) -> list[str]:
         return [*f.keys(), *aliases]
 
 
+def architecture_only(path: str | None) -> bool:
+    """Whether `path` is a local folder holding a config.json and no weight files (an imported or pruned
+    checkpoint's `vision/` or `llm/`): such a part is built with random weights that a checkpoint then replaces."""
+    if not path:
+        return False
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        return False
+    return not any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth"))
+
+
 def inside_checkpoint(path: str | Path, value: Optional[str]) -> Optional[Path]:
     """The folder `path/value` when `value` is a relative path naming an existing folder inside the checkpoint."""
     if not value or Path(value).expanduser().is_absolute():
@@ -161,7 +172,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def _fill_tied(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+def fill_tied(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     """Add entries missing from state_dict for parameters the model ties to a present one."""
     groups: dict[tuple, list[str]] = {}
     for name, t in model.state_dict(keep_vars=True).items():
@@ -181,5 +192,5 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True):
         torch's (missing_keys, unexpected_keys); with strict=True any mismatch raises RuntimeError instead.
     """
     state_dict = read_state_dict(path)
-    _fill_tied(model, state_dict)
+    fill_tied(model, state_dict)
     return model.load_state_dict(state_dict, strict=strict)

@@ -12,6 +12,8 @@ The mapping, and why it is exact:
 - LLM: the decoder and head as they are. The `<image>` token is added to the tokenizer; when it falls outside
   the vocabulary, embeddings and head grow to the next multiple of 64 with mean rows (a mean head row's
   logit is the mean of the real logits, so greedy decoding never picks a padding token).
+- Images: the processor preprocesses in the checkpoint's `image_aspect` mode (squash, crop, or LLaVA-1.5's pad via
+  LlavaImageProcessor's `do_pad`), as vregion's ImageProcessor does.
 - Prompt: the tokenizer and processor get a Jinja chat template built from the checkpoint's vregion template, so
   `processor.apply_chat_template(...)` gives the training prompt's ids (BOS and system text included).
 - Visual-token compression (LLaVolta pooling inside the LLM) has no LLaVA counterpart: a checkpoint that pools
@@ -34,18 +36,12 @@ from torch import nn
 from transformers import AddedToken, LlavaConfig, LlavaForConditionalGeneration
 
 from vregion.config import ModelConfig, from_dict
-from vregion.data.jinja_template import build_jinja_template
-from vregion.data.templates import get_template
 from vregion.models.backbones import HFViTBackbone
 from vregion.models.checkpoint import CONFIG_FILE, MODEL_FILE
+from vregion.models.llava_format import HF_TEXT, HF_VISION, IMAGE_TOKEN, chat_template
 from vregion.models.projectors import LinearProjector, MLPProjector
 from vregion.models.vlm import load_checkpoint
 
-IMAGE_TOKEN = "<image>"
-# Vision tower -> (vision_feature_select_strategy, tokens LLaVA's processor adds per image before selection).
-HF_VISION = {"clip": ("default", 1), "siglip": ("full", 0)}
-# Text families whose decoder-runner parity vregion tests (model_type as in the HF config).
-HF_TEXT = ("llama", "mistral", "qwen2", "gemma3_text")
 FORMATS = ("auto", "hf")
 VREGION_LOADER = (
     "from vregion.models import load_checkpoint\n"
@@ -133,31 +129,29 @@ def _text_state(llm: nn.Module, vocab: int) -> tuple[dict[str, torch.Tensor], di
     return decoder, head
 
 
-def _adds_bos(tokenizer, bos: str) -> bool:
-    """Whether encoding text (special tokens on, as the processor does) already starts it with `bos`."""
-    if not bos:
-        return False
-    ids, plain = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
-    return len(ids) > len(plain) and ids[0] == tokenizer.convert_tokens_to_ids(bos)
+def image_processor(vision: HFViTBackbone):
+    """The Hugging Face image processor preprocessing as vregion's ImageProcessor in the tower's aspect mode:
+    squash resizes to the square, crop resizes the shortest side and centre-crops, pad expands to a square of
+    the mean colour first (LlavaImageProcessor's `do_pad`, LLaVA-1.5's rule); bicubic and the tower's stats."""
+    from transformers import LlavaImageProcessor
 
-
-def chat_template(tokenizer, template: str) -> str:
-    """Jinja chat template rendering `template`'s training text; the BOS text is left to a tokenizer adding it."""
-    return build_jinja_template(template, with_bos=not _adds_bos(tokenizer, get_template(template).bos))
+    size, aspect = vision.image_size, vision.image_aspect
+    square = {"height": size, "width": size}
+    resize = {"size": {"shortest_edge": size}, "do_center_crop": True, "crop_size": square} if aspect == "crop" \
+        else {"size": square, "do_center_crop": False}
+    return LlavaImageProcessor(do_pad=aspect == "pad", resample=3, image_mean=list(vision.image_mean),
+                               image_std=list(vision.image_std), do_convert_rgb=True, **resize)
 
 
 def _processor(vision: HFViTBackbone, tokenizer, strategy: str, extra_tokens: int):
-    """LLaVA processor resizing like vregion's ImageProcessor (bicubic to a square, no crop, the tower's stats);
-    its chat template is the tokenizer's."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    """LLaVA processor preprocessing images as vregion does (`image_processor`); its chat template is the
+    tokenizer's."""
+    from transformers import LlavaProcessor
 
-    images = CLIPImageProcessor(
-        size={"height": vision.image_size, "width": vision.image_size}, do_center_crop=False, resample=3,
-        image_mean=list(vision.image_mean), image_std=list(vision.image_std), do_convert_rgb=True,
-    )
-    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=vision.model.config.patch_size,
-                          vision_feature_select_strategy=strategy, image_token=IMAGE_TOKEN,
-                          num_additional_image_tokens=extra_tokens, chat_template=tokenizer.chat_template)
+    return LlavaProcessor(image_processor=image_processor(vision), tokenizer=tokenizer,
+                          patch_size=vision.model.config.patch_size, vision_feature_select_strategy=strategy,
+                          image_token=IMAGE_TOKEN, num_additional_image_tokens=extra_tokens,
+                          chat_template=tokenizer.chat_template)
 
 
 def hf_support(vision_type: str, text_config: Any = None) -> str | None:

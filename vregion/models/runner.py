@@ -20,30 +20,37 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask, packed_sequence_mask_function
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 MASK_BUILDERS = {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}
 
-# transformers renamed `input_embeds` -> `inputs_embeds` and dropped `cache_position` across 5.x releases.
+# transformers renamed `input_embeds` -> `inputs_embeds`, dropped `cache_position` and renamed `past_key_values`
+# -> `cache` (a FutureWarning on every call from 5.2x, removed in 5.40) across 5.x releases.
 _MASK_PARAMS = inspect.signature(create_causal_mask).parameters
+_CACHE_PARAM = "cache" if "cache" in _MASK_PARAMS else "past_key_values"
 
 
 @dataclass
 class RunnerState:
     """Everything the decoder layers need, kept consistent with one sequence length T.
 
-    A hook that changes T (e.g. pools visual tokens) must update hidden, attention_mask and position_ids
-    together, then call `DecoderRunner.refresh(state)` to rebuild masks and position embeddings.
+    A hook that changes T (e.g. pools visual tokens) must update hidden, attention_mask, position_ids and
+    segment_ids together, then call `DecoderRunner.refresh(state)` to rebuild masks and position embeddings.
     """
 
     hidden: torch.Tensor  # (B, T, D)
     attention_mask: torch.Tensor  # (B, T) 1 = real token, 0 = padding
     position_ids: torch.Tensor  # (B, T) rotary positions
+    # (B, T) packed rows: the index of the sample each token belongs to (padding continues its row's last sample);
+    # tokens attend only within their sample. None: one sample per row.
+    segment_ids: Optional[torch.Tensor] = None
     masks: dict[str, Any] = field(default_factory=dict)  # attention type -> mask in the backend's format
     position_embeddings: dict[str, Any] = field(default_factory=dict)  # layer type -> (cos, sin), each (B, T, hd)
     extras: dict[str, Any] = field(default_factory=dict)  # per-token data hooks keep aligned (e.g. labels)
+    # flash-attention on packed rows: cu_seq_lens_q/k and max_length_q/k for its varlen kernel (masks are None)
+    varlen: dict[str, Any] = field(default_factory=dict)
 
 
 Hook = Callable[[int, RunnerState], RunnerState]
@@ -61,6 +68,21 @@ def decoder_layers(llm: nn.Module) -> nn.ModuleList:
 
 def num_decoder_layers(llm: nn.Module) -> int:
     return len(decoder_layers(llm))
+
+
+def varlen_kwargs(segment_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Flash-attention varlen arguments for packed rows flattened to one sequence of B * T tokens.
+
+    Every sample is one sequence, and so is each row's padding tail (its outputs are never used); the layer's
+    attention reshapes (B, T) to (B * T,) and attends within [cu[i], cu[i + 1]) only.
+    """
+    key = segment_ids.long() * 2 + (attention_mask == 0).long()  # (B, T) changes at samples and padding
+    new = torch.ones_like(key, dtype=torch.bool)
+    new[:, 1:] = key[:, 1:] != key[:, :-1]
+    starts = new.reshape(-1).nonzero().squeeze(1)
+    cu = torch.cat([starts, starts.new_tensor([key.numel()])]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
 
 
 def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -127,19 +149,33 @@ class DecoderRunner:
         inputs_embeds: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
     ) -> RunnerState:
-        """Embeddings (B, T, D) (already scaled, as the model's embedding module returns them) -> state."""
+        """Embeddings (B, T, D) (already scaled, as the model's embedding module returns them) -> state.
+
+        Packed rows (several samples per row) pass `segment_ids` (B, T) and `position_ids` restarting at 0 for
+        each sample: attention stays within a sample, so every sample sees exactly what it would see alone.
+        """
         B, T, _ = inputs_embeds.shape
         if attention_mask is None:
             attention_mask = torch.ones(B, T, dtype=torch.long, device=inputs_embeds.device)
+        if segment_ids is not None and position_ids is None:
+            raise ValueError("packed rows (segment_ids) need position_ids that restart for every sample")
         if position_ids is None:
             position_ids = default_position_ids(attention_mask)
-        state = RunnerState(hidden=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
+        state = RunnerState(hidden=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                            segment_ids=segment_ids)
         return self.refresh(state)
 
     def refresh(self, state: RunnerState) -> RunnerState:
         """Rebuild masks and rotary embeddings from state's hidden, attention_mask and position_ids."""
-        state.masks = {t: self._build_mask(t, state) for t in sorted(set(self.layer_types))}
+        state.varlen = {}
+        if state.segment_ids is not None and "flash" in (self.config._attn_implementation or ""):
+            # flash's mask interface drops mask functions: packed rows go through its varlen kernel instead
+            state.varlen = varlen_kwargs(state.segment_ids, state.attention_mask)
+            state.masks = {t: None for t in set(self.layer_types)}
+        else:
+            state.masks = {t: self._build_mask(t, state) for t in sorted(set(self.layer_types))}
         state.position_embeddings = self._rotary(state.hidden, state.position_ids)
         return state
 
@@ -173,9 +209,10 @@ class DecoderRunner:
         inputs_embeds: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """prepare -> all layers -> finish: embeddings (B, T, D) -> logits (B, T, V)."""
-        return self.finish(self.run_layers(self.prepare(inputs_embeds, attention_mask, position_ids)))
+        return self.finish(self.run_layers(self.prepare(inputs_embeds, attention_mask, position_ids, segment_ids)))
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.forward(*args, **kwargs)
@@ -186,12 +223,16 @@ class DecoderRunner:
         kwargs: dict[str, Any] = dict(
             config=self.config,
             attention_mask=state.attention_mask,
-            past_key_values=None,
             position_ids=state.position_ids,
         )
+        kwargs[_CACHE_PARAM] = None
         kwargs["inputs_embeds" if "inputs_embeds" in _MASK_PARAMS else "input_embeds"] = hidden
         if "cache_position" in _MASK_PARAMS:
             kwargs["cache_position"] = torch.arange(hidden.shape[1], device=hidden.device)
+        if state.segment_ids is not None:
+            # transformers' own packed-sequence rule (same segment), intersected with causality, padding and
+            # sliding windows by its mask builders; positions cannot tell samples apart after pooling (gaps).
+            kwargs["and_mask_function"] = packed_sequence_mask_function(state.segment_ids.to(hidden.device))
         return MASK_BUILDERS[attention_type](**kwargs)
 
     def _rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict[str, Any]:
@@ -209,7 +250,8 @@ class DecoderRunner:
 
     def _run_layer(self, i: int, state: RunnerState) -> torch.Tensor:
         layer_type = self.layer_types[i]
-        kwargs: dict[str, Any] = dict(attention_mask=state.masks[layer_type], position_ids=state.position_ids)
+        kwargs: dict[str, Any] = dict(attention_mask=state.masks[layer_type], position_ids=state.position_ids,
+                                      **state.varlen)
         if self._split_rope:
             kwargs["position_embeddings_global"] = state.position_embeddings[FULL]
             local = state.position_embeddings.get(SLIDING, state.position_embeddings[FULL])

@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 from vregion.config import ModelConfig, from_dict
 from vregion.constants import IGNORE_INDEX
 from vregion.models.backbones import VisionBackbone, build_vision_backbone
-from vregion.models.checkpoint import TOKENIZER_DIR, inside_checkpoint, load_weights, read_config
+from vregion.models.checkpoint import (TOKENIZER_DIR, architecture_only, inside_checkpoint, load_weights,
+                                      read_config)
 from vregion.models.llm import build_llm
 from vregion.models.projectors import build_projector
 from vregion.models.runner import DecoderRunner
@@ -113,10 +114,16 @@ class VisionLanguageModel(nn.Module):
         labels: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
         image_spans: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        segment_ids: Optional[torch.Tensor] = None,
         return_logits: bool = True,
         **ignored: Any,
     ) -> dict[str, Any]:
         """Returns dict(loss=scalar or None, logits=(B, T', V) or None, num_label_tokens=int).
+
+        Packed rows (`data.packing`) pass `segment_ids` (B, T), the sample each token belongs to, and
+        `position_ids` restarting per sample (see `vregion.data.packing`); every sample then computes exactly
+        what it computes alone, and the loss is the mean over all supervised tokens of the rows.
 
         T' == T unless a `runner.between_layers` hook shortened the sequence; such a hook must keep
         `state.extras["labels"]` aligned, and the loss uses the labels it leaves there.
@@ -124,7 +131,7 @@ class VisionLanguageModel(nn.Module):
         positions: the same loss without the (B, T, V) logits, the largest activation of a small LLM.
         """
         embeds = self.embed(input_ids, pixel_values, image_spans)  # (B, T, D)
-        state = self.runner.prepare(embeds, attention_mask)
+        state = self.runner.prepare(embeds, attention_mask, position_ids, segment_ids)
         state.extras.update(labels=labels, image_spans=image_spans)
         state = self.runner.run_layers(state)
         labels = state.extras["labels"]
@@ -238,20 +245,35 @@ def build_vlm(cfg: ModelConfig, dtype: torch.dtype = torch.float32,
               llm_weights: bool = True) -> tuple[VisionLanguageModel, Any]:
     """Build vision tower, LLM and projector (in that order, so random init depends only on the seed).
 
+    A part whose folder holds an architecture only (an imported checkpoint's `vision/` and `llm/`) is built with
+    random weights, which `init_from` (or the caller) must replace: without one it is refused.
+
     Args:
-        cfg: the model section of the run config; `init_from` loads a vregion checkpoint's weights.
+        cfg: the model section of the run config; `init_from` loads the weights of a vregion checkpoint, a Hugging
+            Face LLaVA folder or an original LLaVA folder (`models.importer`), then `projector.init_from` the
+            projector's (e.g. LLaVA's mm_projector.bin).
         dtype: parameter dtype of every part.
-        llm_weights: False builds the LLM from its folder's config.json only (see `build_llm`).
+        llm_weights: False builds the LLM from its folder's config.json only (see `build_llm`): the caller loads
+            every weight next.
     Returns:
         (model, tokenizer).
     """
+    from vregion.models.importer import load_projector_weights, load_source_weights
+
+    bare = [f"model.{part}.path ({path})" for part, path in (("vision", cfg.vision.path), ("llm", cfg.llm.path))
+            if architecture_only(path)]
+    if bare and llm_weights and not cfg.init_from:
+        raise ValueError(f"{' and '.join(bare)}: a config.json without weights; set model.init_from to the checkpoint "
+                         "that holds them (e.g. the folder `vregion import` wrote)")
     vision = build_vision_backbone(cfg.vision).to(dtype)
-    llm, tokenizer = build_llm(cfg.llm, dtype, weights=llm_weights)
+    llm, tokenizer = build_llm(cfg.llm, dtype, weights=llm_weights and not architecture_only(cfg.llm.path))
     llm_dim = llm.get_input_embeddings().embedding_dim
     projector = build_projector(cfg.projector, vision.hidden_size, llm_dim).to(dtype)
     model = VisionLanguageModel(vision, projector, llm, gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.init_from:
-        load_weights(model, cfg.init_from, strict=True)
+        load_source_weights(model, cfg.init_from)
+    if cfg.projector.init_from:
+        load_projector_weights(model.projector, cfg.projector.init_from)
     return model, tokenizer
 
 
@@ -267,10 +289,16 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tup
     # The weights come from this checkpoint; following init_from again would only load stale weights first.
     model_cfg.init_from = None
     # A pruned checkpoint's llm/ holds only the LLM's config and tokenizer: its weights are in MODEL_FILE.
+    model_cfg.projector.init_from = None
     llm_dir = inside_checkpoint(path, model_cfg.llm.path)
     if llm_dir is not None:
         model_cfg.llm.path = str(llm_dir)
-    model, tokenizer = build_vlm(model_cfg, dtype, llm_weights=llm_dir is None)
+    # An imported checkpoint's vision/ holds the tower's architecture; its weights are in MODEL_FILE too.
+    vision_dir = inside_checkpoint(path, model_cfg.vision.path)
+    if vision_dir is not None:
+        model_cfg.vision.path = str(vision_dir)
+    model, tokenizer = build_vlm(model_cfg, dtype,
+                                 llm_weights=llm_dir is None and not architecture_only(model_cfg.llm.path))
     load_weights(model, path, strict=True)
     if (path / TOKENIZER_DIR).exists():
         tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
