@@ -38,8 +38,11 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.5"],
+        # `vregion serve`: Flask is small, pure Python, and changes none of torch/transformers/hub/deepspeed.
+        "serve": ["flask>=3.0"],
         "test": ["pytest>=8.0", "pytest-timeout>=2.3", "scikit-image>=0.22",  # skimage: bundled test photos
-                 "import-linter>=2.0"],  # tests/test_architecture.py: the .importlinter layers contract
+                 "import-linter>=2.0",  # tests/test_architecture.py: the .importlinter layers contract
+                 "selenium>=4.20"],  # tests/chat: drives Debian's chromium through its chromedriver
     },
     entry_points={"console_scripts": ["vregion=vregion.cli:run"]},
 )

@@ -170,20 +170,103 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_compress(value: str) -> None:
+    """A --compress value (auto | none | K/S), refused with exit 2 before any model loads."""
+    from vregion.compress.from_config import inference_setting
+
+    if value != "auto":
+        try:
+            inference_setting(value, "--compress")
+        except ValueError as e:
+            raise ConfigError(f"{e}; valid: auto (the checkpoint's own setting) | none | K/S") from None
+
+
+def _sampling(args: argparse.Namespace):
+    """The decoding flags as a checked Sampling (exit 2 on a bad value)."""
+    from vregion.chat import ChatError, Sampling
+
+    try:
+        return Sampling(args.max_new_tokens, args.temperature, args.top_p).check()
+    except ChatError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _load_chat_models(paths: list[str], compress: str):
+    """Checkpoints loaded for answering, after every argument was checked; library prints go to stderr."""
+    import contextlib
+
+    from vregion.models.checkpoint import require_checkpoint
+
+    for path in paths:
+        require_checkpoint(path)
+    _check_compress(compress)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only answers (--prompt is scriptable)
+        from vregion.chat import ChatModel
+
+        return [ChatModel.load(path, compress) for path in paths]
+
+
+def _chat(args: argparse.Namespace) -> int:
+    sampling = _sampling(args)
+    if args.image is not None and not Path(args.image).is_file():
+        raise ConfigError(f"--image: no such file {args.image}")
+    models = _load_chat_models([args.checkpoint, *([args.compare] if args.compare else [])], args.compress)
+    import torch
+
+    from vregion.chat import ChatError
+    from vregion.chat.terminal import TerminalChat
+
+    torch.manual_seed(args.seed)  # sampled answers repeat with the same seed
+    chat = TerminalChat(models, sampling)
+    try:
+        chat.set_image(args.image)
+        if args.prompt is not None:
+            chat.ask(args.prompt, labelled=args.compare is not None)
+            return 0
+    except ChatError as e:
+        raise ConfigError(str(e)) from None
+    chat.loop()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    sampling = _sampling(args)
+    try:
+        import flask  # noqa: F401  (the `serve` extra)
+    except ImportError:
+        print('vregion: serve: needs Flask: pip install -e ".[serve]" (or pip install "flask>=3.0")', file=sys.stderr)
+        return 2
+    from vregion.chat.server import PortInUse, bind
+
+    try:
+        server = bind(args.host, args.port)  # before the models load: a taken port fails at once
+    except PortInUse as e:
+        print(f"vregion: serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        models = _load_chat_models(args.checkpoints, args.compress)
+        import torch
+
+        torch.manual_seed(args.seed)
+        server.load(models, sampling)
+        print(f"serving {len(args.checkpoints)} checkpoint(s) on {server.url} (Ctrl-C stops)", file=sys.stderr)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from vregion.eval.run import EvalOptions, run_eval
 
     if not any((args.vqa, args.captions, args.loss, args.text)):
         raise ConfigError("nothing to evaluate: give --vqa, --captions, --loss and/or --text")
-    from vregion.compress.from_config import inference_setting
     from vregion.models.checkpoint import require_checkpoint
 
     require_checkpoint(args.checkpoint)  # bad values exit 2 before any model loads
-    if args.compress != "auto":
-        try:
-            inference_setting(args.compress, "--compress")
-        except ValueError as e:
-            raise ConfigError(f"{e}; valid: auto (the checkpoint's own setting) | none | K/S") from None
+    _check_compress(args.compress)
     opts = EvalOptions(vqa=args.vqa, captions=args.captions, loss=args.loss, text=args.text, compress=args.compress,
                        max_samples=args.max_samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                        num_examples=args.num_examples, dtype=args.dtype)
@@ -408,6 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--vision", default=None, help="original LLaVA: the vision tower's local Hugging Face folder "
                      "(default: the config's mm_vision_tower)")
     imp.set_defaults(func=_import)
+    chat = sub.add_parser("chat", help="talk to a checkpoint in the terminal about an image (or answer one "
+                          "--prompt and exit)")
+    chat.add_argument("checkpoint", help="vregion checkpoint folder (trained, pruned, converted or imported)")
+    chat.add_argument("--image", default=None, help="image file the conversation is about (/image PATH switches)")
+    chat.add_argument("--prompt", default=None, help="ask this, print the answer and exit")
+    chat.add_argument("--compare", default=None, metavar="CKPT2", help="a second checkpoint answering the same "
+                      "questions, printed after the first")
+    _decoding_flags(chat)
+    chat.set_defaults(func=_chat)
+    serve = sub.add_parser("serve", help="a local web page: upload an image, ask, see each checkpoint's answer "
+                           "stream in, beside its config and held-out results")
+    serve.add_argument("checkpoints", nargs="+", help="one or more vregion checkpoint folders")
+    serve.add_argument("--port", type=int, default=7860, help="TCP port")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    _decoding_flags(serve)
+    serve.set_defaults(func=_serve)
 
     convert = sub.add_parser("convert", help="DeepSpeed checkpoint (any ZeRO stage) -> vregion model checkpoint")
     convert.add_argument("checkpoint", help="checkpoints/step-N folder, or a run/stage folder (newest complete one)")
@@ -415,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the floating weights")
     convert.set_defaults(func=_convert)
     return parser
+
+
+def _decoding_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags `chat` and `serve` share: inference compression and how answers are decoded."""
+    parser.add_argument("--compress", default="auto", help="visual-token pooling: auto (the checkpoint's "
+                        "compress.inference) | none | K/S (K of 32 layers, scaled to the model), as in eval")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the answers eval scores); "
+                        "> 0: sample at this temperature")
+    parser.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability mass kept")
+    parser.add_argument("--seed", type=int, default=0, help="sampling: torch seed set once at start")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import PreTrainedTokenizerFast
 
-from vregion.data import IGNORE_INDEX, SampleError, get_template, tokenize_conversation, validate_template
+from vregion.data import (IGNORE_INDEX, SampleError, get_template, tokenize_conversation, tokenize_prompt,
+                          validate_template)
 
 N = 3  # visual tokens per image
 
@@ -181,3 +182,28 @@ def test_sentencepiece_prefix_space_is_not_doubled(image_token_id):
     whole = GOLDEN["vicuna-v1"].split(" USER:")[0] + " USER: Name it. ASSISTANT: red box</s>"
     assert sample.input_ids == tok.encode(whole, add_special_tokens=False)
     assert tok.decode([i for i in sample.labels if i != IGNORE_INDEX]) == "red box</s>"
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_prompt_is_the_training_rendering_up_to_the_answer(tok, image_token_id, name):
+    # A chat history (question, answer, question) is the training sample (q, a, q, a) cut before its last answer.
+    sample = tokenize_conversation(CONV, tok, name, N, 1000, image_token_id, num_images=1)
+    supervised = [i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX]
+    last_answer = next(i for i, j in zip(supervised[1:], supervised) if i != j + 1)
+    prompt = tokenize_prompt(CONV[:3], tok, name, N, image_token_id, num_images=1)
+    assert prompt.input_ids == sample.input_ids[:last_answer]
+    assert prompt.image_starts == sample.image_starts
+    before, after = GOLDEN[name].split("<image>")
+    answer_prefix = get_template(name).answer_prefix  # vicuna's " " before "yes" is supervised: the model writes it
+    expected = (before + after)[: (before + after).rindex(answer_prefix + "yes" + END[name])]
+    start = prompt.image_starts[0]
+    assert tok.decode(prompt.input_ids[:start] + prompt.input_ids[start + N:]) == expected
+
+
+def test_prompt_must_end_with_a_question(tok, image_token_id):
+    with pytest.raises(SampleError) as err:
+        tokenize_prompt(CONV, tok, "chatml", N, image_token_id, num_images=1)
+    assert err.value.reason == "malformed"
+    with pytest.raises(SampleError) as err:  # the image count is checked as for training samples
+        tokenize_prompt(CONV[:1], tok, "chatml", N, image_token_id, num_images=0)
+    assert err.value.reason == "image_count_mismatch"

@@ -14,6 +14,7 @@ from .templates import (
     TokenizedSample,
     get_template,
     tokenize_conversation,
+    tokenize_prompt,
     validate_template,
 )
 from .writer import pack_llava_json, write_shards
@@ -39,6 +40,7 @@ __all__ = [
     "resolve_shards",
     "split_for_rank",
     "tokenize_conversation",
+    "tokenize_prompt",
     "validate_template",
     "write_shards",
 ]

@@ -198,9 +198,50 @@ def tokenize_conversation(
     """
     tpl = get_template(template)
     system, pairs = _split_turns(conversations)
+    _check_image_count(pairs, num_images)
+    input_ids, labels, image_starts = _encode(tpl, system, pairs, tokenizer, num_image_tokens, image_token_id)
+    if all(label == IGNORE_INDEX for label in labels):
+        raise SampleError(NO_SUPERVISED_TOKENS)
+    if len(input_ids) > max_length:
+        input_ids, labels, image_starts = _truncate(input_ids, labels, image_starts, num_image_tokens, max_length)
+    return TokenizedSample(input_ids, labels, image_starts)
+
+
+def tokenize_prompt(
+    conversations: list[dict],
+    tokenizer,
+    template: str | ChatTemplate,
+    num_image_tokens: int,
+    image_token_id: int,
+    num_images: int | None = None,
+) -> TokenizedSample:
+    """Tokenize a conversation that ends with an unanswered question: the prompt a model answers (chat).
+
+    The ids are exactly those `tokenize_conversation` gives the same conversation, once answered, before its
+    last answer: a chat history is rendered as the model saw it in training. Nothing is truncated (the caller
+    decides what an over-long prompt means); labels are all IGNORE_INDEX except on earlier answers.
+
+    Raises:
+        SampleError: reason `malformed` (also when the last turn is an answer), `image_count_mismatch` or
+            `tokenization_mismatch`.
+    """
+    tpl = get_template(template)
+    system, pairs = _split_turns(conversations)
+    if pairs[-1][1] is not None:
+        raise SampleError(MALFORMED, "a prompt must end with a question (a human turn)")
+    _check_image_count(pairs, num_images)
+    return TokenizedSample(*_encode(tpl, system, pairs, tokenizer, num_image_tokens, image_token_id))
+
+
+def _check_image_count(pairs, num_images: int | None) -> None:
     num_tags = sum(q.count(IMAGE_TAG) for q, _ in pairs)
     if num_images is not None and num_tags != num_images:
         raise SampleError(IMAGE_COUNT_MISMATCH, f"{num_tags} {IMAGE_TAG} tags, {num_images} images")
+
+
+def _encode(tpl: ChatTemplate, system, pairs, tokenizer, num_image_tokens: int,
+            image_token_id: int) -> tuple[list[int], list[int], list[int]]:
+    """(input_ids, labels, image_starts) of the rendered pieces, each piece tokenized on its own."""
     strip_space = _adds_prefix_space(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
@@ -227,11 +268,7 @@ def tokenize_conversation(
     decoded = tokenizer.decode(text_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     if _squash(decoded) != _squash(rendered):
         raise SampleError(TOKENIZATION_MISMATCH, f"decoded {decoded[:60]!r} != rendered {rendered[:60]!r}")
-    if all(label == IGNORE_INDEX for label in labels):
-        raise SampleError(NO_SUPERVISED_TOKENS)
-    if len(input_ids) > max_length:
-        input_ids, labels, image_starts = _truncate(input_ids, labels, image_starts, num_image_tokens, max_length)
-    return TokenizedSample(input_ids, labels, image_starts)
+    return input_ids, labels, image_starts
 
 
 def _single_token(tokenizer, text: str, tpl: ChatTemplate) -> int:

@@ -24,6 +24,7 @@ from vregion.models.checkpoint import (TOKENIZER_DIR, architecture_only, inside_
 from vregion.models.llm import build_llm
 from vregion.models.projectors import build_projector
 from vregion.models.runner import DecoderRunner
+from vregion.models.sampling import next_token
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -163,13 +164,23 @@ class VisionLanguageModel(nn.Module):
         max_new_tokens: int = 32,
         eos_token_id: Optional[int] = None,
         pad_token_id: Optional[int] = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        streamer: Any = None,
     ) -> torch.Tensor:
-        """Greedy decoding from left-padded prompts with the LLM's KV cache.
+        """Greedy (or sampled) decoding from left-padded prompts with the LLM's KV cache.
 
         With a `runner.between_layers` hook installed (visual-token pooling), decoding runs through the runner
         without a cache instead, so every step sees the same pooled sequence training saw (a KV cache would
         hold different lengths below and above the pooling layer).
 
+        Args:
+            do_sample, temperature, top_p: sample each token (temperature, then nucleus top-p) instead of
+                taking the argmax; torch's global RNG draws, so `torch.manual_seed` makes it repeatable.
+            streamer: Hugging Face's streamer interface: `put(ids)` first with the (B, 0) prompt ids, then
+                with each step's (B,) new tokens, and `end()` when decoding stops (answers can be shown as
+                they come).
         Returns:
             (B, <= max_new_tokens) new token ids only; rows that stopped early are filled with pad_token_id.
         """
@@ -179,41 +190,54 @@ class VisionLanguageModel(nn.Module):
             if isinstance(pad_token_id, (list, tuple)):
                 pad_token_id = pad_token_id[0]
         if self.runner.between_layers is not None:
+            sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p)
             return self._generate_through_runner(embeds, attention_mask, image_spans, max_new_tokens,
-                                                 eos_token_id, pad_token_id)
+                                                 eos_token_id, pad_token_id, sampling, streamer)
+        # HF warns about sampling settings passed to greedy decoding, so they go only with do_sample; top_k=0 turns
+        # off HF's default top-50 cut, which the runner's sampler does not make.
+        sampling = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample
+                    else dict(do_sample=False))
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             num_beams=1,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
+            streamer=streamer,
+            **sampling,
         )
         # Generating from embeddings alone, HF starts from empty input_ids, so `out` holds only new tokens.
         return out
 
-    def _generate_through_runner(self, embeds, attention_mask, image_spans, max_new_tokens, eos_token_id, pad_token_id):
-        """Greedy decoding by re-running the full (hooked) runner each step; new tokens append on the right."""
+    def _generate_through_runner(self, embeds, attention_mask, image_spans, max_new_tokens, eos_token_id, pad_token_id,
+                                 sampling: Optional[dict] = None, streamer: Any = None):
+        """Decoding by re-running the full (hooked) runner each step; new tokens append on the right."""
         stop = torch.tensor([] if eos_token_id is None else
                             ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)),
                             device=embeds.device, dtype=torch.long)
         embed_tokens = self.llm.get_input_embeddings()
         finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)  # (B,)
         new_tokens = []
+        if streamer is not None:
+            streamer.put(torch.zeros((embeds.shape[0], 0), dtype=torch.long))  # the (empty) prompt, as HF does
         for _ in range(max_new_tokens):
             state = self.runner.prepare(embeds, attention_mask)
             state.extras.update(labels=None, image_spans=image_spans)
             state = self.runner.run_layers(state)
             # Prompts are left-padded and pooling keeps each row's padding side: the last row is the newest token.
-            token = self.runner.head(state.hidden[:, -1]).argmax(-1)  # (B,)
+            token = next_token(self.runner.head(state.hidden[:, -1]), **(sampling or {}))  # (B,)
             token = torch.where(finished, torch.full_like(token, pad_token_id), token)
             new_tokens.append(token)
+            if streamer is not None:
+                streamer.put(token.cpu())
             finished |= torch.isin(token, stop)
             if bool(finished.all()):
                 break
             embeds = torch.cat([embeds, embed_tokens(token)[:, None].to(embeds.dtype)], dim=1)  # (B, T + 1, D)
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        if streamer is not None:
+            streamer.end()
         return torch.stack(new_tokens, dim=1)  # (B, n)
 
 
