@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -83,8 +84,9 @@ def test_bench_padding_share_is_the_padded_positions_of_the_batches_it_trained_o
     expected = 1.0 - float(timed["attention_mask"].sum()) / timed["attention_mask"].numel()
     assert result["rows"][0]["padding_share"] == pytest.approx(expected)
     # `full+packed` shares full's engine but has its own packed stream: one warm-up step, then the timed one
-    cfg.data.packing = True
-    packed = list(itertools.islice(StageData(cfg, model, tokenizer).train_loader(), 2))[-1]
+    packed_cfg = copy.deepcopy(cfg)  # the fixture's cfg is shared by the other tests
+    packed_cfg.data.packing = True
+    packed = list(itertools.islice(StageData(packed_cfg, model, tokenizer).train_loader(), 2))[-1]
     assert packed["input_ids"].shape[0] < packed["num_samples"]  # rows hold several samples
     expected = 1.0 - float(packed["attention_mask"].sum()) / packed["attention_mask"].numel()
     row = next(r for r in result["rows"] if r["variant"] == "full+packed")
