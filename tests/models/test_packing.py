@@ -76,15 +76,28 @@ def test_first_fit_decreasing_fills_rows_and_keeps_order():
 
 def test_packed_batch_layout():
     batch = collate_packed(samples(), pad_token_id=0, image_size=32, capacity=64)
-    assert batch["input_ids"].shape == (3, 63) and batch["num_samples"] == 5
-    assert batch["sample_spans"].tolist() == [[0, 0, 50], [1, 0, 23], [2, 0, 17], [1, 23, 40], [0, 50, 9]]
-    assert batch["position_ids"][1, 23:27].tolist() == [0, 1, 2, 3]  # sample 3 restarts at 0
-    assert batch["segment_ids"][1].tolist() == [0] * 23 + [1] * 40
-    assert batch["segment_ids"][2, 17:].eq(0).all()  # padding continues the row's last sample
-    assert batch["labels"][1, 23] == IGNORE_INDEX  # nothing predicts a sample's first token
-    # images in span order: sample 0's two, sample 3's one (row 1 at 23 + 10), sample 1's
-    assert batch["image_spans"].tolist() == [[0, 2, N], [0, 24, N], [1, 3, N], [1, 33, N]]
+    # rows as wide as the longest sample (50) hold the same 3 rows as rows of 64 with fewer positions
+    assert batch["input_ids"].shape == (3, 50) and batch["num_samples"] == 5
+    assert batch["sample_spans"].tolist() == [[0, 0, 50], [2, 0, 23], [2, 23, 17], [1, 0, 40], [1, 40, 9]]
+    assert batch["position_ids"][1, 40:44].tolist() == [0, 1, 2, 3]  # sample 4 restarts at 0
+    assert batch["segment_ids"][1].tolist() == [0] * 40 + [1] * 9 + [1]  # padding continues the last sample
+    assert batch["labels"][1, 40] == IGNORE_INDEX  # nothing predicts a sample's first token
+    # images in span order: sample 0's two (row 0), sample 3's one (row 1 at 10), sample 1's (row 2 at 3)
+    assert batch["image_spans"].tolist() == [[0, 2, N], [0, 24, N], [1, 10, N], [2, 3, N]]
     assert batch["attention_mask"].sum() == 50 + 23 + 17 + 40 + 9
+
+
+def test_row_width_minimises_computed_cost():
+    """No attention cost: fewest positions; dense attention on a small hidden size: narrower rows win even
+    with more of them; rows never exceed the capacity."""
+    from vregion.data.packing import choose_rows
+
+    lengths = [50, 40, 30, 30]
+    # rows of 100: 2 x 90 = 180 positions; rows of 50: 4 x 50 = 200
+    assert choose_rows(lengths, 100) == [[0, 1], [2, 3]]
+    # attention 1/6 a token pair: 180 x (1 + 90/6) = 2880 against 200 x (1 + 50/6) = 1867
+    assert choose_rows(lengths, 100, attention_cost=1 / 6) == [[0], [1], [2], [3]]
+    assert all(sum(lengths[i] for i in row) <= 60 for row in choose_rows(lengths, 60))
 
 
 # every pooling on llama; sliding windows (qwen2) and gemma3's local rotary base with and without pooling

@@ -10,6 +10,14 @@ pads only each row's tail. What keeps it exact (every sample computes what it co
 - each sample's first label is ignored, so the last token of one sample never predicts the next sample;
 - image spans are per sample ([row, start, length]), so in-LLM pooling pools each image exactly as unpacked.
 
+Row width: rows hold at most `data.max_length` tokens, and each micro-batch picks the width that computes least,
+cost = rows x W x (1 + attention_cost x W). With flash-attention's varlen kernel attention skips other samples
+(attention_cost 0: rows fill up to max_length, fewest positions). With dense attention (SDPA, eager) a packed row
+costs W^2 attention whatever it holds, so for a small hidden size wide rows can cost more than the padded batch;
+then rows as long as the micro-batch's longest sample (never more attention than padding, fewer rows) win.
+`attention_cost` is 1 / (6 x hidden size): per token pair, attention's 4 x hidden FLOPs against a llama layer's
+~24 x hidden^2 of linear FLOPs per token.
+
 `train.micro_batch_size` keeps meaning samples: a micro-batch holds the same samples packed or not, packed
 into as few rows as first-fit-decreasing finds. Steps, epochs, the learning-rate schedule and the resume
 position (which counts samples) are therefore the same as unpacked, and a packed run's losses equal the
@@ -47,25 +55,42 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(row) for row in rows]
 
 
+def choose_rows(lengths: list[int], capacity: int, attention_cost: float = 0.0) -> list[list[int]]:
+    """First-fit-decreasing rows at the width (the longest sample, its multiples, or `capacity`) that minimises
+    rows x W x (1 + attention_cost x W), W the widest row; ties go to the narrower width."""
+    longest = max(lengths)
+    widths = sorted({min(capacity, longest * k) for k in range(1, capacity // longest + 1)} | {capacity})
+    best, best_cost = None, None
+    for width in widths:
+        rows = first_fit_decreasing(lengths, width)
+        used = max(sum(lengths[i] for i in row) for row in rows)
+        cost = len(rows) * used * (1.0 + attention_cost * used)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = rows, cost
+    return best
+
+
 def collate_packed(
     samples: list[dict],
     pad_token_id: int,
     image_size: int,
     capacity: int,
     skipped: dict[str, int] | None = None,
+    attention_cost: float = 0.0,
 ) -> dict:
     """Pack samples into rows of at most `capacity` tokens, right-padded to the longest row.
 
     Args:
         samples: dicts as for `collate.collate` (input_ids, labels, pixel_values, image_spans).
         capacity: row length limit (data.max_length).
+        attention_cost: relative cost of attention per token pair (see the module docstring); 0 fills rows.
     Returns:
         collate's batch (rows instead of samples along dim 0; "num_samples" still counts samples), plus
         "position_ids" (R, T) restarting per sample, "segment_ids" (R, T) the sample's index within its row
         (padding continues the row's last sample) and "sample_spans" (N, 3) rows [row, start, length] of the
         samples in input order.
     """
-    rows = first_fit_decreasing([len(s["input_ids"]) for s in samples], capacity)
+    rows = choose_rows([len(s["input_ids"]) for s in samples], capacity, attention_cost)
     width = max(sum(len(samples[i]["input_ids"]) for i in row) for row in rows)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)

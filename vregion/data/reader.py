@@ -81,7 +81,7 @@ class ShardLoader:
 
     def __init__(
         self, dataset: _PositionDataset, micro_batch_size, num_workers, pad_token_id, image_size, padding_side,
-        packing_capacity: int | None = None, group_by: int = 0,
+        packing_capacity: int | None = None, group_by: int = 0, packing_attention_cost: float = 0.0,
     ):
         self.dataset = dataset
         self.micro_batch_size = micro_batch_size
@@ -90,6 +90,7 @@ class ShardLoader:
         self.image_size = image_size
         self.padding_side = padding_side
         self.packing_capacity = packing_capacity
+        self.packing_attention_cost = packing_attention_cost
         self.group_by = group_by
         # More skips in a row than a whole epoch has positions: nothing in the data is usable, and an infinite
         # stream would otherwise spin forever (unindexed shards: a generous fixed bound).
@@ -196,7 +197,8 @@ class ShardLoader:
 
     def _collate(self, samples, skipped) -> dict:
         if self.packing_capacity is not None:
-            return collate_packed(samples, self.pad_token_id, self.image_size, self.packing_capacity, dict(skipped))
+            return collate_packed(samples, self.pad_token_id, self.image_size, self.packing_capacity, dict(skipped),
+                                  self.packing_attention_cost)
         return collate(samples, self.pad_token_id, self.image_size, self.padding_side, dict(skipped))
 
 
@@ -225,6 +227,7 @@ def build_loader(
     padding_side: str = "right",
     packing: bool = False,
     group_by_length: int = 0,
+    packing_attention_cost: float = 0.0,
 ) -> ShardLoader:
     """Batches for one rank.
 
@@ -239,6 +242,7 @@ def build_loader(
         infinite: repeat epochs forever (training) or stop after one pass (evaluation).
         padding_side: "right" (training) or "left".
         packing: pack each batch's samples into rows of up to max_length tokens (packing.collate_packed).
+        packing_attention_cost: attention's cost per token pair relative to a token's (packing.choose_rows).
         group_by_length: sort windows of this many batches by (text-only, length); 0 = off.
     """
     if micro_batch_size < 1 or num_workers < 0 or skip_samples < 0 or shuffle_buffer < 0:
@@ -262,4 +266,5 @@ def build_loader(
     return ShardLoader(
         dataset, micro_batch_size, num_workers, tokenizer.pad_token_id, image_processor.image_size, padding_side,
         packing_capacity=max_length if packing else None, group_by=group_by_length,
+        packing_attention_cost=packing_attention_cost,
     )

@@ -29,6 +29,11 @@ class StageData:
         vision = model.vision
         self.image_processor = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
         self.num_image_tokens = vision.num_tokens
+        llm_config = model.llm.config
+        # Packed rows' width (data.packing.choose_rows): flash's varlen kernel skips other samples' tokens, dense
+        # attention (sdpa, eager) computes the whole row, at ~4 x hidden FLOPs a token pair vs ~24 x hidden^2 a token.
+        flash = "flash" in (getattr(llm_config, "_attn_implementation", None) or "")
+        self.packing_attention_cost = 0.0 if flash else 1.0 / (6 * llm_config.hidden_size)
         # Visual positions hold the pad id: its embedding is replaced by projected features anyway.
         self.image_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if cfg.data.train_shards is None:
@@ -63,6 +68,7 @@ class StageData:
             # held-out batches stay padded: their loss is token-weighted either way, and they are few
             packing=training and cfg.data.packing,
             group_by_length=cfg.data.group_by_length if training else 0,
+            packing_attention_cost=self.packing_attention_cost,
         )
 
     def train_loader(self, skip_samples: int = 0):
