@@ -383,8 +383,10 @@ def build_hf_trainer(cfg: Config, variant: Variant, out_dir: Path, shape_of) -> 
     from transformers import PrinterCallback
 
     trainer_class = _make_trainer_class()
+    threads = torch.get_num_threads()  # Accelerate sets its own on CPU when OMP_NUM_THREADS is unset
     owner.trainer = trainer_class(model=hf, args=args, feed=feed, groups=groups, cfg=cfg, clock=clock,
                                   callbacks=[_pacer(owner)])
     owner.trainer.remove_callback(PrinterCallback)  # it would print the run's summary when the bench ends it
+    torch.set_num_threads(threads)  # one process: every variant, this one too, runs on the same threads
     owner.start()
     return owner
