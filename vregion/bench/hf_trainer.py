@@ -54,11 +54,19 @@ from vregion.region import apply_region, build_param_groups
 TOTAL_STEPS = 10**6  # the lr schedule's span, as the bench's vregion engines are built
 
 
+# vregion parameter-name prefix -> LlavaForConditionalGeneration's (the export's layout, `models.hf_export`).
+LLAVA_PREFIXES = {
+    "vision.model.": "model.vision_tower.",
+    "projector.0.": "model.multi_modal_projector.linear_1.",
+    "projector.2.": "model.multi_modal_projector.linear_2.",
+    "llm.model.": "model.language_model.",
+    "llm.lm_head.": "lm_head.",
+}
+
+
 def hf_name(name: str) -> str:
     """The LlavaForConditionalGeneration parameter that holds vregion's parameter `name`."""
-    for prefix, target in (("vision.model.", "model.vision_tower."), ("projector.0.", "model.multi_modal_projector.linear_1."),
-                           ("projector.2.", "model.multi_modal_projector.linear_2."),
-                           ("llm.model.", "model.language_model."), ("llm.lm_head.", "lm_head.")):
+    for prefix, target in LLAVA_PREFIXES.items():
         if name.startswith(prefix):
             return target + name[len(prefix):]
     raise ValueError(f"no LLaVA counterpart of parameter {name!r}")
@@ -73,11 +81,12 @@ def image_token_id(tokenizer, vocab_size: int) -> int:
     return next(i for i in range(vocab_size - 1, -1, -1) if i not in special)
 
 
-def to_llava_batch(batch: dict, token_id: int, num_tokens: int) -> dict:
+def to_llava_batch(batch: dict, token_id: int, num_tokens: int, dtype: torch.dtype = torch.float32) -> dict:
     """A vregion padded batch as LlavaForConditionalGeneration's training inputs.
 
     `token_id` is written over every image span (LLaVA finds visual positions by it); images are ordered by
-    (sample, position), the order LLaVA scatters features in; dummy images (span row -1) are dropped.
+    (sample, position), the order LLaVA scatters features in, and cast to the model's `dtype` (as vregion's
+    `batch_to` does); dummy images (span row -1) are dropped.
     """
     if "segment_ids" in batch:
         raise ValueError(f"{HF_TRAINER} trains on padded batches only, got packed rows")
@@ -94,7 +103,7 @@ def to_llava_batch(batch: dict, token_id: int, num_tokens: int) -> dict:
         input_ids[sample, start:start + length] = token_id
     out = {"input_ids": input_ids, "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
     if real:
-        out["pixel_values"] = batch["pixel_values"][real]  # (R, 3, H, W)
+        out["pixel_values"] = batch["pixel_values"][real].to(dtype)  # (R, 3, H, W)
     return out
 
 
@@ -102,14 +111,14 @@ class _Feed:
     """The Trainer's training data: the bench's padded batches as LLaVA inputs, each vregion batch remembered
     until the bench collects it (tokens, samples and FLOPs are counted on vregion's batch)."""
 
-    def __init__(self, stream: Iterator, token_id: int, num_tokens: int):
-        self.stream, self.token_id, self.num_tokens = stream, token_id, num_tokens
+    def __init__(self, stream: Iterator, token_id: int, num_tokens: int, dtype: torch.dtype):
+        self.stream, self.token_id, self.num_tokens, self.dtype = stream, token_id, num_tokens, dtype
         self.consumed: list[dict] = []
 
     def __iter__(self):
         for batch in self.stream:
             self.consumed.append(batch)
-            yield to_llava_batch(batch, self.token_id, self.num_tokens)
+            yield to_llava_batch(batch, self.token_id, self.num_tokens, self.dtype)
 
     def take(self) -> list[dict]:
         taken, self.consumed = self.consumed, []
@@ -309,7 +318,8 @@ def check_config(cfg: Config) -> None:
 
 
 def _same_model_or_refuse(model) -> None:
-    if not isinstance(model.projector, MLPProjector) or model.projector[0].out_features != model.projector[-1].out_features:
+    projector = model.projector
+    if not isinstance(projector, MLPProjector) or projector[0].out_features != projector[-1].out_features:
         raise ValueError(f"{HF_TRAINER}: LLaVA can hold this projector only padded or extended (an mlp2x_gelu whose "
                          "inner width is the LLM's is mapped one to one), which would train a different model")
 
@@ -350,9 +360,10 @@ def build_hf_trainer(cfg: Config, variant: Variant, out_dir: Path, shape_of) -> 
     for group in groups:
         mapped = []
         for p in group["params"]:
-            target = hf_params[hf_name(names[id(p)])]
-            if target.shape != p.shape:
-                raise ValueError(f"{HF_TRAINER}: {names[id(p)]} {tuple(p.shape)} is {tuple(target.shape)} in LLaVA")
+            target = hf_params.get(hf_name(names[id(p)]))
+            if target is None or target.shape != p.shape:
+                found = "missing" if target is None else f"{tuple(target.shape)}"
+                raise ValueError(f"{HF_TRAINER}: {names[id(p)]} {tuple(p.shape)} is {found} in LLaVA")
             mapped.append(target.requires_grad_(True))
         group["params"] = mapped
     trainable = sum(p.numel() for p in hf.parameters() if p.requires_grad)
@@ -362,7 +373,7 @@ def build_hf_trainer(cfg: Config, variant: Variant, out_dir: Path, shape_of) -> 
     if cfg.model.gradient_checkpointing:
         hf.gradient_checkpointing_enable()
     data = StageData(cfg, model, tokenizer)
-    feed = _Feed(iter(data.train_loader()), token_id, model.num_visual_tokens)
+    feed = _Feed(iter(data.train_loader()), token_id, model.num_visual_tokens, dtype)
     del model  # only LLaVA's copy trains
 
     accum = grad_accum_steps(cfg.train, dist.world_size())
