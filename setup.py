@@ -22,7 +22,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.15",
-        "transformers>=4.56",
+        "transformers>=5.17",  # the runner needs masking_utils as in 5.17+ (docs/dependencies.md)
         "peft>=0.13",
         "webdataset>=0.2.100",
         "triton>=3.0",

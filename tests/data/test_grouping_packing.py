@@ -108,3 +108,12 @@ def test_window_of_only_bad_samples_is_counted_with_the_next_batch(tmp_path, mak
     assert batches[0]["skipped"] == {"bad_image": 3}
     assert sum(consumed_samples(b) for b in batches) == 12
     assert list(itertools.chain.from_iterable([b["num_samples"]] for b in batches)) == [3, 3, 3]
+
+
+@pytest.mark.parametrize("group_by_length", [0, 2])
+def test_data_with_no_usable_sample_stops_with_a_clear_error(tmp_path, make_loader, group_by_length):
+    """Every sample cut before its answer (max_length too small): an infinite loader must not spin forever."""
+    write_varied(tmp_path, 8)
+    loader = make_loader(tmp_path, max_length=8, micro_batch_size=2, group_by_length=group_by_length)
+    with pytest.raises(RuntimeError, match="in a row were skipped.*truncated_no_supervision.*data.max_length"):
+        next(iter(loader))

@@ -166,3 +166,14 @@ def test_flash_varlen_arguments_cover_each_sample_and_each_padding_tail():
     out = varlen_kwargs(segments, mask)
     assert out["cu_seq_lens_q"].tolist() == [0, 2, 4, 6, 12] and out["cu_seq_lens_q"].dtype == torch.int32
     assert out["max_length_q"] == out["max_length_k"] == 6
+
+
+def test_forward_and_packed_forward_emit_no_future_warning():
+    """transformers deprecated create_causal_mask's `past_key_values` (removed in 5.40): the runner passes `cache`."""
+    import warnings
+
+    model = tiny("gemma3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for batch in (collate(samples(), 0, 32), collate_packed(samples(), 0, 32, 64)):
+            model(**batch_to(batch, torch.device("cpu"), torch.float32))

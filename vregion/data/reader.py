@@ -38,7 +38,7 @@ from .collate import collate
 from .decode import SampleDecoder
 from .packing import collate_packed
 from .image import ImageProcessor
-from .shards import resolve_shards
+from .shards import count_samples, resolve_shards
 from .stream import rank_stream
 from .templates import ChatTemplate, validate_template
 
@@ -91,6 +91,17 @@ class ShardLoader:
         self.padding_side = padding_side
         self.packing_capacity = packing_capacity
         self.group_by = group_by
+        # More skips in a row than a whole epoch has positions: nothing in the data is usable, and an infinite
+        # stream would otherwise spin forever (unindexed shards: a generous fixed bound).
+        self.max_skips_in_a_row = count_samples(dataset.shards) or 1_000_000
+
+    def _check_skips(self, in_a_row: int, skipped: collections.Counter) -> None:
+        if in_a_row > self.max_skips_in_a_row:
+            raise RuntimeError(
+                f"{in_a_row} samples in a row were skipped, more than one epoch holds ({dict(skipped)}): nothing "
+                "in the data can be trained on. Check data.max_length (a sample cut before its first answer is "
+                "skipped as truncated_no_supervision), model.template and the images"
+            )
 
     def __iter__(self) -> Iterator[dict]:
         if not self.group_by:
@@ -120,12 +131,16 @@ class ShardLoader:
         """Batches of the next micro_batch_size good samples, in position order, with the skips before each."""
         pending: list[dict] = []
         skipped: collections.Counter = collections.Counter()
+        in_a_row = 0
         for item in items:
             if "skip" in item:
                 skipped[item["skip"]] += 1
+                in_a_row += 1
+                self._check_skips(in_a_row, skipped)
                 if sum(skipped.values()) % SKIP_WARN_EVERY == 0:
                     log.warning("%d samples skipped since the last batch: %s", sum(skipped.values()), dict(skipped))
                 continue
+            in_a_row = 0
             pending.append(item)
             if len(pending) == self.micro_batch_size:
                 yield self._collate(pending, skipped)
@@ -147,6 +162,7 @@ class ShardLoader:
                 return  # the stream ended
             carry.update(skipped)
             if not samples:
+                self._check_skips(sum(carry.values()), carry)
                 continue
             for batch in self._window_batches(samples, carry, index):
                 if drop > 0:
