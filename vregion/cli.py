@@ -88,17 +88,21 @@ def _bench(args: argparse.Namespace) -> int:
         except ValueError as e:  # a model the plan has no shape for: say which, and what to provide
             raise ConfigError(f"--plan: {e}") from None
         return 0
-    from vregion.bench.run import default_variants, run_bench, schedule_variants
+    from vregion.bench.run import check_variants, default_variants, run_bench, schedule_variants
     from vregion.bench.report import Projection
     from vregion.engine.prepare import prepare_data
 
-    stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
-    stage = resolve_config_assets(stage)
-    out = Path(args.out or Path(stage.run.output_dir) / "bench")
     variants, schedule = (args.variants.split(","), None) if args.variants else default_variants(stage)
     if args.schedule:
         schedule = args.schedule
         variants = schedule_variants(variants[0], args.schedule)
+    try:
+        check_variants(stage, variants)
+    except ValueError as e:  # a bad --variants: before data or models are prepared
+        raise ConfigError(f"--variants: {e}") from None
+    stage = prepare_data(stage, Path(stage.run.output_dir).resolve())
+    stage = resolve_config_assets(stage)
+    out = Path(args.out or Path(stage.run.output_dir) / "bench")
     projection = Projection(args.samples, args.epochs, args.global_batch, args.gpus)
     run_bench(stage, variants, args.rounds, args.steps, out, schedule=schedule, peak=args.peak_tflops,
               projection=projection, memory=not args.no_memory)
@@ -379,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("overrides", nargs="*")
     bench.add_argument("--variants", default=None,
                        help="comma list of full, region, region-lora, projector, each optionally @K/S (pooling at "
-                            "K of 32 layers, stride S); first = baseline of the ratios. Default: full, region, "
+                            "K of 32 layers, stride S) and +packed / +grouped, and hf-trainer (full's training by "
+                            "transformers.Trainer as HF LLaVA: the reference row when first); first = baseline "
+                            "of the ratios. Default: full, region, "
                             "region-lora, full at each compressed stage of the config's schedule (else "
                             "four-wider-then-deeper), region at its heaviest stage, + the schedule's average")
     bench.add_argument("--schedule", default=None,

@@ -172,6 +172,24 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def loss_check(reference: str, reference_loss: float, other: str, other_loss: float, fp32: bool) -> dict:
+    """Two variants' first-step losses on the same weights and batch, which must agree: relative difference
+    <= 1e-5 in fp32, 1e-2 in lower precision (`equal`)."""
+    rel = abs(reference_loss - other_loss) / max(abs(other_loss), 1e-12)
+    tolerance = 1e-5 if fp32 else 1e-2
+    return {"variants": [reference, other], "losses": [reference_loss, other_loss], "relative_difference": rel,
+            "tolerance": tolerance, "equal": rel <= tolerance}
+
+
+def _loss_note(check: Optional[dict]) -> list[str]:
+    if check is None:
+        return []
+    (a, b), (la, lb) = check["variants"], check["losses"]
+    verdict = "equal" if check["equal"] else "DIFFERENT: the two rows do not train the same model on the same batch"
+    return [f"- first-step loss (same weights, same batch): {a} {la:.6f}, {b} {lb:.6f}, relative difference "
+            f"{check['relative_difference']:.1e} (tolerance {check['tolerance']:.0e}): {verdict}."]
+
+
 def _x(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -217,6 +235,8 @@ def format_table(rows: list[dict], meta: dict) -> str:
         f"- projection: {proj['samples']:,} samples x {proj['epochs']:g} epoch, global batch "
         f"{proj['global_batch']}, {proj['gpus']} device(s) scaling linearly; the measured optimizer step is "
         "amortised over the global batch.",
+        *[f"- {r['variant']}: {r['note']}." for r in rows if r.get("note")],
+        *_loss_note(meta.get("loss_check")),
     ]
     return "\n".join(lines + notes)
 

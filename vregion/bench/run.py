@@ -5,6 +5,10 @@ engine on the same model, data and seed; variants that differ only in visual-tok
 share their setting's engine and switch the pooling hook before each of their steps, exactly as training
 switches compression stages. Rounds run A B C A B C ...; every round times a few optimizer steps of each
 variant, so a slow patch of a shared machine hits all variants alike. Ratios are to the first variant.
+`hf-trainer` is the same model as `full` trained by transformers.Trainer as Hugging Face LLaVA
+(`bench.hf_trainer`), paused between its steps so it interleaves like the others; put it first to have every
+ratio against it. Each row records its first step's loss; with `full` and `hf-trainer` both present the notes
+compare the two (same weights, same first batch: they must agree).
 
 Per variant: step time (and its forward / backward / optimizer parts), samples/s, tokens/s, achieved TFLOP/s
 and MFU (FLOPs from `plan.sample_flops` for each real batch), optimizer state, peak memory, and the wall time
@@ -28,9 +32,10 @@ from typing import Iterator, Optional, Union
 import torch
 
 from vregion.bench import plan, probe, report
+from vregion.bench.hf_trainer import HFTrainerRun, build_hf_trainer, check_config
 from vregion.bench.report import Projection, StepTiming
 from vregion.bench.shapes import VisionShape, VLMShape, llm_shape, vision_shape
-from vregion.bench.variant import Variant, parse_variant
+from vregion.bench.variant import HF_TRAINER, Variant, parse_variant
 from vregion.compress import (
     IGNORE_INDEX,
     PoolingSetting,
@@ -68,6 +73,7 @@ class EngineRun:
     state_bytes: int = 0  # optimizer state on this rank (ZeRO >= 1 splits it over the ranks)
     resident_bytes: Optional[int] = None  # memory still in use after building and warming up this engine
     streams: dict = field(default_factory=dict)  # data mode -> batch iterator, shared by that mode's variants
+    note: Optional[str] = None  # said under the table about this setting's rows
 
     def batches(self, variant: Variant) -> Iterator:
         """The training batches of `variant`'s data mode (padded, packed, grouped) on this engine's model."""
@@ -79,6 +85,12 @@ class EngineRun:
             data = StageData(cfg, self.engine.module, self.data.tokenizer)
             self.streams[key] = iter(data.train_loader())
         return self.streams[key]
+
+    def optimizer_state_numel(self) -> int:
+        return optimizer_state_numel(self.engine)
+
+    def close(self) -> None:
+        """Nothing to stop (an `HFTrainerRun` has a worker thread to end)."""
 
 
 @dataclass
@@ -92,6 +104,8 @@ class VariantRun:
     steps: list = field(default_factory=list)
     step_peak_bytes: int = 0  # most memory its warm-up steps added above what was in use before them
     batches: Optional[Iterator] = None
+    losses: list = field(default_factory=list)  # mean loss of each of its steps, warm-up included
+    fresh: bool = False  # its first step was its engine's first (the untrained weights)
     _flops: dict = field(default_factory=dict)
 
 
@@ -150,9 +164,11 @@ def _build_engine(cfg: Config, variant: Variant) -> EngineRun:
     return EngineRun(variant.base, cfg, engine, data, shape, groups.numel, accum, model_dtype(cfg))
 
 
-def _attach(owner: EngineRun, variant: Variant) -> VariantRun:
-    layers = owner.engine.module.runner.num_layers
+def _attach(owner: Union[EngineRun, HFTrainerRun], variant: Variant) -> VariantRun:
     pooling = variant.pooling
+    if isinstance(owner, HFTrainerRun):  # no pooling (parse_variant refuses it); the Trainer reads its own stream
+        return VariantRun(variant.name, owner, PoolingSetting(0, None, None), variant)
+    layers = owner.engine.module.runner.num_layers
     stage = PoolingSetting(0, None, None) if pooling is None else PoolingSetting(0, scale_layer(pooling[0], layers), pooling[1])
     return VariantRun(variant.name, owner, stage, variant, batches=owner.batches(variant))
 
@@ -178,12 +194,34 @@ def _batch_flops(run: VariantRun, batch: dict) -> Optional[float]:
     return run._flops[key]
 
 
+def _count(t: StepTiming, run: VariantRun, batch: dict) -> None:
+    """Add a micro-batch's data (tokens, positions, samples) and FLOPs to a step's timing."""
+    t.tokens += float(batch["attention_mask"].sum())
+    t.positions += float(batch["attention_mask"].numel())  # rows x padded length: what the model ran on
+    t.samples += int(batch["num_samples"])  # samples, not rows: a packed row holds several
+    flops = _batch_flops(run, batch)
+    t.flops = None if flops is None or t.flops is None else t.flops + flops
+
+
+def _hf_trainer_step(run: VariantRun) -> StepTiming:
+    """One optimizer step of the Trainer's own loop; data and FLOPs counted on the vregion batches it consumed
+    (FLOPs: what `full` needs for them, so TFLOP/s and MFU compare the same work)."""
+    t, batches, loss = run.owner.step()
+    for batch in batches:
+        _count(t, run, batch)
+    run.losses.append(loss)
+    return t
+
+
 def timed_step(run: VariantRun) -> StepTiming:
     """One optimizer step of `run` (grad_accum micro-batches) with its pooling set, timed in parts."""
     owner = run.owner
+    if isinstance(owner, HFTrainerRun):
+        return _hf_trainer_step(run)
     apply_stage(owner.engine.module, run.stage, impl=owner.cfg.compress.impl)
     cuda = dist.device().type == "cuda"
     t = StepTiming(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
+    losses = []
     start = _now(cuda)
     for _ in range(owner.accum):
         batch = next(run.batches)
@@ -196,12 +234,10 @@ def timed_step(run: VariantRun) -> StepTiming:
         owner.engine.step()  # the optimizer runs at the accumulation boundary; other calls are cheap
         t3 = _now(cuda)
         t.forward, t.backward, t.optimizer = t.forward + t1 - t0, t.backward + t2 - t1, t.optimizer + t3 - t2
-        t.tokens += float(batch["attention_mask"].sum())
-        t.positions += float(batch["attention_mask"].numel())  # rows x padded length: what the model ran on
-        t.samples += int(batch["num_samples"])  # samples, not rows: a packed row holds several
-        flops = _batch_flops(run, batch)
-        t.flops = None if flops is None else t.flops + flops
+        losses.append(out["loss"].detach())  # read after the step: no extra sync inside it
+        _count(t, run, batch)
     t.seconds = _now(cuda) - start
+    run.losses.append(float(sum(losses)) / len(losses))
     return t
 
 
@@ -213,18 +249,21 @@ def _device_name(device: torch.device) -> str:
     return f"CPU: {model}, {torch.get_num_threads()} torch threads"
 
 
-def _build_and_warm_up(cfg: Config, variants: list[str], steps: int, meter: probe.MemoryMeter) -> list:
-    """One engine per region setting, built one after another so each one's memory growth is its own, and
-    each variant warmed up (untimed) for `steps` steps, its peak memory measured there."""
-    engines: dict[str, EngineRun] = {}
+def _build_and_warm_up(cfg: Config, variants: list[str], steps: int, meter: probe.MemoryMeter, out_dir: Path,
+                       engines: dict) -> list:
+    """One engine per region setting (into `engines`, base name -> owner), built one after another so each one's
+    memory growth is its own, and each variant warmed up (untimed) for `steps` steps, its peak memory measured
+    there."""
     runs = []
     parsed = [parse_variant(spec, cfg.region) for spec in variants]
     for variant in parsed:
         if variant.base in engines:
             continue
         before = meter.settle() if meter.kind else 0
-        owner = engines[variant.base] = _build_engine(cfg, variant)
+        owner = engines[variant.base] = (build_hf_trainer(cfg, variant, out_dir / HF_TRAINER, bench_shape)
+                                         if variant.base == HF_TRAINER else _build_engine(cfg, variant))
         owned = [_attach(owner, v) for v in parsed if v.base == variant.base]
+        owned[0].fresh = True
         timed_step(owned[0])  # creates the optimizer state, which then stays resident
         for run in owned:  # allocations, lazy inits, loader start-up; and each variant's step peak
             start = meter.start_peak() if meter.kind else 0
@@ -232,7 +271,7 @@ def _build_and_warm_up(cfg: Config, variants: list[str], steps: int, meter: prob
                 timed_step(run)
             if meter.kind:
                 run.step_peak_bytes = max(0, meter.peak() - start)
-        owner.state_bytes = optimizer_state_numel(owner.engine) * 4  # fp32 Adam moments
+        owner.state_bytes = owner.optimizer_state_numel() * 4  # fp32 Adam moments
         if meter.kind:
             owner.resident_bytes = meter.settle() - before
         runs += owned
@@ -250,7 +289,29 @@ def _row(run: VariantRun, peak_tflops: float, projection: Projection) -> dict:
         predicted = dict(plan_trainable_params=plan.trainable_params(owner.shape, run.variant.region)["total"],
                          plan_optimizer_state_bytes_per_rank=memory["adam_moments"])
     return report.variant_row(run.spec, run.steps, owner.trainable, owner.state_bytes, peak_tflops,
-                              projection, peak_mem, **predicted)
+                              projection, peak_mem, step_losses=run.losses, note=owner.note, **predicted)
+
+
+def _loss_check(runs: list[VariantRun], dtype: torch.dtype) -> Optional[dict]:
+    """hf-trainer's first-step loss against full's, when both started from untrained weights on the first batch
+    of the config's padded stream (so they must agree)."""
+    by_spec = {r.spec: r for r in runs}
+    reference, full = by_spec.get(HF_TRAINER), by_spec.get("full")
+    if reference is None or full is None or not full.fresh:
+        return None
+    return report.loss_check(HF_TRAINER, reference.losses[0], "full", full.losses[0], dtype == torch.float32)
+
+
+def check_variants(cfg: Config, variants: list[str]) -> None:
+    """Refuse bad variant strings, and `hf-trainer` on a model LLaVA cannot hold, before any engine is built.
+
+    Raises:
+        ValueError: naming the variant and what is wrong with it.
+    """
+    for spec in variants:
+        parse_variant(spec, cfg.region)
+    if any(parse_variant(spec, cfg.region).base == HF_TRAINER for spec in variants):
+        check_config(cfg)
 
 
 def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: int, out_dir: Path,
@@ -265,8 +326,7 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
         projection: the full run that measured throughput is projected to (default: `Projection()`).
         memory: measure peak memory (CUDA allocator, or RSS on Linux/glibc CPUs).
     """
-    for spec in variants:
-        parse_variant(spec, cfg.region)  # a typo fails before any engine is built
+    check_variants(cfg, variants)  # a typo fails before any engine is built
     schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
     projection = projection or Projection()
     dist.init_distributed()
@@ -275,13 +335,18 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
     others = probe.OtherLoad()
     peak_tflops, peak_source = probe.resolve_peak(peak, dtype, device)
     meter = probe.MemoryMeter(device, enabled=memory)
-    runs = _build_and_warm_up(cfg, variants, steps_per_round, meter)
-    from tqdm import tqdm
+    engines: dict = {}
+    try:
+        runs = _build_and_warm_up(cfg, variants, steps_per_round, meter, out_dir, engines)
+        from tqdm import tqdm
 
-    for _ in tqdm(range(rounds), desc="bench rounds", disable=not dist.is_main()):
-        for run in runs:
-            for _ in range(steps_per_round):
-                run.steps.append(timed_step(run))
+        for _ in tqdm(range(rounds), desc="bench rounds", disable=not dist.is_main()):
+            for run in runs:
+                for _ in range(steps_per_round):
+                    run.steps.append(timed_step(run))
+    finally:
+        for owner in engines.values():
+            owner.close()
     rows = [_row(run, peak_tflops, projection) for run in runs]
     if schedule is not None:
         rows.append(report.schedule_average(rows, schedule, variants[0], peak_tflops, projection))
@@ -293,6 +358,7 @@ def run_bench(cfg: Config, variants: list[str], rounds: int, steps_per_round: in
         "peak_source": peak_source, "memory_kind": meter.kind,
         "projection": asdict(projection), "schedule": None if schedule is None else schedule.name,
         "other_processes_cores": others.cores(), "cpu_count": os.cpu_count(),
+        "loss_check": _loss_check(runs, dtype),
     }
     if dist.is_main():
         paths = report.write_report(rows, meta, out_dir)

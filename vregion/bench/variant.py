@@ -1,6 +1,7 @@
 """The compared variants of `vregion bench` and `--plan`: a region setting by name, with optional pooling.
 
-A variant string is `NAME[@K/S][+DATA]`: NAME one of VARIANT_REGIONS (full, region, region-lora, projector),
+A variant string is `NAME[@K/S][+DATA]`: NAME one of VARIANT_REGIONS (full, region, region-lora, projector,
+hf-trainer: `full` trained as Hugging Face LLaVA by transformers.Trainer, see `bench.hf_trainer`),
 K/S a pooling setting in `vregion.compress.parse_pooling`'s form (K on the 32-layer reference scale, scaled
 to the model's depth where it is applied), DATA how micro-batches are formed: `packed` (data.packing) or
 `grouped` (data.group_by_length); without it, the config's own data settings. `region@2/8+packed` trains
@@ -22,7 +23,9 @@ VARIANT_REGIONS = {
     "region": {"strategy": "uniform", "mode": "full"},
     "region-lora": {"strategy": "uniform", "mode": "lora"},
     "projector": {"strategy": "none"},
+    "hf-trainer": {"strategy": "all", "mode": "full"},  # full's trainable set, in transformers.Trainer
 }
+HF_TRAINER = "hf-trainer"
 # How a variant's micro-batches are formed: data-section overrides (None: the config's own data settings).
 DATA_MODES = {None: {}, "padded": {"packing": False, "group_by_length": 0}, "packed": {"packing": True},
               "grouped": {"packing": False}}
@@ -45,8 +48,11 @@ class Variant:
         return self.name.partition("+")[0].partition("@")[0]
 
     def data_overrides(self, group_by_length: int) -> dict:
-        """The data-section fields this variant sets (`group_by_length`: the config's own value)."""
+        """The data-section fields this variant sets (`group_by_length`: the config's own value); `hf-trainer`
+        always trains on padded rows."""
         overrides = dict(DATA_MODES[self.data])
+        if self.base == HF_TRAINER:
+            overrides["packing"] = False
         if self.data == "grouped":
             overrides["group_by_length"] = group_by_length or GROUP_WINDOW
         return overrides
@@ -57,7 +63,8 @@ def parse_variant(spec: str, region: RegionConfig) -> Variant:
     stride 8, packed rows.
 
     Raises:
-        ValueError: an unknown NAME or DATA (listing the valid ones) or a malformed / out-of-range K/S.
+        ValueError: an unknown NAME or DATA (listing the valid ones), a malformed / out-of-range K/S, or pooling
+            or packed rows on `hf-trainer` (Hugging Face LLaVA has neither).
     """
     head, plus, data = spec.partition("+")
     if plus and data not in DATA_MODES:
@@ -67,6 +74,10 @@ def parse_variant(spec: str, region: RegionConfig) -> Variant:
     if name not in VARIANT_REGIONS:
         raise ValueError(f"unknown variant {name!r} in {spec!r}; valid: {', '.join(VARIANT_REGIONS)} "
                          "(+ optional @K/S and +packed / +grouped)")
+    if name == HF_TRAINER and (pooling or data == "packed"):
+        raise ValueError(f"variant {spec!r}: {HF_TRAINER} trains Hugging Face's LlavaForConditionalGeneration, "
+                         "which has no visual-token pooling (@K/S) and no packed rows (+packed); use plain "
+                         f"{HF_TRAINER} (or {HF_TRAINER}+grouped) and compare with the vregion variants")
     overrides = {**to_dict(region), **VARIANT_REGIONS[name]}  # flat keys: a shallow merge is enough
     k, s = parse_pooling(pooling, f"variant {spec!r}") if pooling else (None, None)
     return Variant(spec, from_dict(RegionConfig, overrides, "region"), None if k is None else (k, s), data or None)

@@ -23,6 +23,7 @@ Other backbones (e.g. efficientnet-lite0) have no LLaVA counterpart: `format="au
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -168,21 +169,20 @@ def hf_support(vision_type: str, text_config: Any = None) -> str | None:
     return None
 
 
-def export_hf(model: nn.Module, tokenizer: Any, vision_type: str, out: str | Path, template: str = "vicuna-v1") -> Path:
-    """Write `model` (a VisionLanguageModel) as a LlavaForConditionalGeneration folder with tokenizer + processor,
-    both carrying the chat template `template` (the checkpoint's `model.template`) as Jinja."""
+def llava_model(model: nn.Module, vision_type: str, image_token_id: int, vocab_size: int, share: bool = False):
+    """`model` (a VisionLanguageModel) as a LlavaForConditionalGeneration in memory. `image_token_id` marks visual
+    positions; vocabulary rows beyond the LLM's own (up to `vocab_size`) are mean rows (`_text_state`).
+    share: the LLaVA model may hold vregion's own tensors (an export that only saves it: no second copy of a
+    7B-13B model); otherwise its weights are copies, so training one model leaves the other as it was."""
     reason = hf_support(vision_type, model.llm.config)
     if reason or not isinstance(model.vision, HFViTBackbone):
         raise ExportError(reason or f"vision backbone {type(model.vision).__name__} is not an HF ViT tower")
-    strategy, extra_tokens = HF_VISION[vision_type]
+    strategy, _ = HF_VISION[vision_type]
     text_config = model.llm.config.to_dict()
+    text_config["vocab_size"] = max(text_config["vocab_size"], vocab_size)
     llm_dim = model.llm.get_input_embeddings().embedding_dim
     projector, act = projector_state(model.projector, llm_dim)
     vision, vision_config = vision_state(model.vision)
-    tokenizer = copy.deepcopy(tokenizer)  # adding <image> must not change the caller's tokenizer
-    image_token_id = _with_image_token(tokenizer)
-    tokenizer.chat_template = chat_template(tokenizer, template)
-    text_config["vocab_size"] = max(text_config["vocab_size"], _round_up(image_token_id + 1, 64))
     decoder, head = _text_state(model.llm, text_config["vocab_size"])
     tied = bool(text_config.get("tie_word_embeddings", False))
     config = LlavaConfig(
@@ -191,20 +191,41 @@ def export_hf(model: nn.Module, tokenizer: Any, vision_type: str, out: str | Pat
         vision_feature_select_strategy=strategy, vision_feature_layer=model.vision.feature_layer,
         multimodal_projector_bias=True, tie_word_embeddings=tied,
     )
-    # Built on the meta device and filled by assignment: a 7B-13B export never allocates a second random model.
-    with torch.device("meta"):
+
+    def own(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Assigned tensors become the LLaVA model's parameters: copies unless sharing is asked for.
+        return state if share else {k: v.detach().clone() for k, v in state.items()}
+
+    # An export builds on the meta device and fills by assignment: a 7B-13B export never allocates a second
+    # random model. It saves only the weights; a model that will run needs its non-persistent buffers (rotary
+    # frequencies, position ids) computed, so it is built for real first.
+    with torch.device("meta") if share else contextlib.nullcontext():
         hf = LlavaForConditionalGeneration(config)
-    hf.model.vision_tower.load_state_dict(vision, strict=True, assign=True)
-    hf.model.multi_modal_projector.load_state_dict(projector, strict=True, assign=True)
-    hf.model.language_model.load_state_dict(decoder, strict=True, assign=True)
+    hf.model.vision_tower.load_state_dict(own(vision), strict=True, assign=True)
+    hf.model.multi_modal_projector.load_state_dict(own(projector), strict=True, assign=True)
+    hf.model.language_model.load_state_dict(own(decoder), strict=True, assign=True)
     if tied:
         hf.lm_head.weight = hf.model.language_model.embed_tokens.weight
     else:
-        hf.lm_head.load_state_dict(head, strict=True, assign=True)
+        hf.lm_head.load_state_dict(own(head), strict=True, assign=True)
     left = [name for name, p in hf.state_dict().items() if p.is_meta]
     if left:
         raise ExportError(f"weights not mapped: {left[:5]}")
     hf.generation_config = model.llm.generation_config
+    return hf
+
+
+def export_hf(model: nn.Module, tokenizer: Any, vision_type: str, out: str | Path, template: str = "vicuna-v1") -> Path:
+    """Write `model` (a VisionLanguageModel) as a LlavaForConditionalGeneration folder with tokenizer + processor,
+    both carrying the chat template `template` (the checkpoint's `model.template`) as Jinja."""
+    reason = hf_support(vision_type, model.llm.config)
+    if reason or not isinstance(model.vision, HFViTBackbone):
+        raise ExportError(reason or f"vision backbone {type(model.vision).__name__} is not an HF ViT tower")
+    strategy, extra_tokens = HF_VISION[vision_type]
+    tokenizer = copy.deepcopy(tokenizer)  # adding <image> must not change the caller's tokenizer
+    image_token_id = _with_image_token(tokenizer)
+    tokenizer.chat_template = chat_template(tokenizer, template)
+    hf = llava_model(model, vision_type, image_token_id, _round_up(image_token_id + 1, 64), share=True)
     out = Path(out)
     hf.save_pretrained(out)
     _processor(model.vision, tokenizer, strategy, extra_tokens).save_pretrained(out)
