@@ -115,6 +115,9 @@ class DataConfig:
     num_workers: int = _f(0, "data-loader worker processes per rank", ge=0)
     packing: bool = _f(False, "training: pack each micro-batch's samples into rows of up to max_length tokens "
                        "(no attention across samples; micro_batch_size still counts samples)")
+    packing_rows: Literal["auto", "full"] = _f("auto", "packed row width: auto (per micro-batch, the width that "
+                                                "computes least; dense attention pays W^2 a row) | full (fill rows "
+                                                "to max_length; what flash-attention's varlen kernel wants)")
     group_by_length: int = _f(0, "training: sort windows of this many micro-batches by (text-only, length) so a "
                               "micro-batch holds similar lengths, LLaVA-style; 0 = off", ge=0)
     synthetic: SyntheticDataConfig = _f(SyntheticDataConfig(), "generated data for smoke runs")

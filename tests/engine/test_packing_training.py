@@ -26,7 +26,9 @@ def test_packed_run_has_the_padded_runs_losses(tmp_path, profile_shards):
     common = COMMON + [f"data.train_shards={profile_shards}", "train.max_steps=4", "train.save_every=0",
                        "train.grad_accum=2", "deepspeed.zero_stage=2"]
     run_train("configs/tiny.yaml", common + [f"run.output_dir={tmp_path / 'padded'}"])
-    run_train("configs/tiny.yaml", common + [f"run.output_dir={tmp_path / 'packed'}", "data.packing=true"])
+    # full rows: several samples per row (auto would keep this attention-bound tiny model at one a row)
+    run_train("configs/tiny.yaml", common + [f"run.output_dir={tmp_path / 'packed'}", "data.packing=true",
+                                             "data.packing_rows=full"])
     padded, packed = (read_metrics(tmp_path / name) for name in ("padded", "packed"))
     padded = {r["step"]: r for r in padded if "loss" in r}
     packed = {r["step"]: r for r in packed if "loss" in r}
@@ -38,7 +40,8 @@ def test_packed_run_has_the_padded_runs_losses(tmp_path, profile_shards):
 
 def test_packed_grouped_zero3_lora_two_ranks_resume_exactly(tmp_path, profile_shards):
     common = COMMON + [f"data.train_shards={profile_shards}", "train.max_steps=8", "train.save_every=4",
-                       "data.packing=true", "data.group_by_length=3", "deepspeed.zero_stage=3",
+                       "data.packing=true", "data.packing_rows=full", "data.group_by_length=3",
+                       "deepspeed.zero_stage=3",
                        "region.mode=lora", "region.lora.r=4", "region.lora.alpha=8", "region.lora.dropout=0.1"]
     clean = tmp_path / "clean"
     run_train("configs/tiny.yaml", common + [f"run.output_dir={clean}"], nproc=2)

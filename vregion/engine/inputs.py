@@ -33,7 +33,8 @@ class StageData:
         # Packed rows' width (data.packing.choose_rows): flash's varlen kernel skips other samples' tokens, dense
         # attention (sdpa, eager) computes the whole row, at ~4 x hidden FLOPs a token pair vs ~24 x hidden^2 a token.
         flash = "flash" in (getattr(llm_config, "_attn_implementation", None) or "")
-        self.packing_attention_cost = 0.0 if flash else 1.0 / (6 * llm_config.hidden_size)
+        full_rows = flash or cfg.data.packing_rows == "full"
+        self.packing_attention_cost = 0.0 if full_rows else 1.0 / (6 * llm_config.hidden_size)
         # Visual positions hold the pad id: its embedding is replaced by projected features anyway.
         self.image_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if cfg.data.train_shards is None:
