@@ -22,6 +22,15 @@ def batch_to(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     return out
 
 
+def batch_images(pixels: list[torch.Tensor], spans: list[list[int]], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixel_values (M, 3, S, S), image_spans (M, 3)) from the samples' images in span order. A batch without
+    images gets one zero image with row [-1, 0, 0], so the vision tower runs on every rank (ZeRO-3 gathers its
+    parameters collectively) and the row is recognisably a dummy."""
+    if spans:
+        return torch.cat(pixels).float(), torch.tensor(spans, dtype=torch.long)
+    return torch.zeros((1, 3, image_size, image_size)), torch.tensor([[-1, 0, 0]], dtype=torch.long)
+
+
 def collate(
     samples: list[dict],
     pad_token_id: int,
@@ -60,12 +69,7 @@ def collate(
         labels[b, offset : offset + n] = sample["labels"]
         spans += [[b, start + offset, span] for start, span in sample["image_spans"]]
         pixels.append(sample["pixel_values"])
-    if spans:
-        pixel_values = torch.cat(pixels).float()  # (M, 3, S, S)
-        image_spans = torch.tensor(spans, dtype=torch.long)  # (M, 3)
-    else:
-        pixel_values = torch.zeros((1, 3, image_size, image_size))
-        image_spans = torch.tensor([[-1, 0, 0]], dtype=torch.long)
+    pixel_values, image_spans = batch_images(pixels, spans, image_size)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

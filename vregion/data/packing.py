@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from .collate import batch_images
 from .templates import IGNORE_INDEX
 
 
@@ -118,12 +119,7 @@ def collate_packed(
             if sample["image_spans"]:
                 pixels.append(sample["pixel_values"])
             offset += n
-    if spans:
-        pixel_values = torch.cat(pixels).float()  # (M, 3, S, S), in the order of image_spans' rows
-        image_spans = torch.tensor(spans, dtype=torch.long)
-    else:  # as collate: a dummy image keeps the vision tower in every rank's graph
-        pixel_values = torch.zeros((1, 3, image_size, image_size))
-        image_spans = torch.tensor([[-1, 0, 0]], dtype=torch.long)
+    pixel_values, image_spans = batch_images(pixels, spans, image_size)  # a dummy image when there is none
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

@@ -206,19 +206,19 @@ class StageTrainer:
             loss_sum = tokens = samples = 0.0
             # The loss is the mean over the step's supervised tokens (all micro-batches, all ranks), so packed
             # and padded runs, and micro-batches of different lengths, optimise the same objective.
-            drawn = [next(batches) for _ in range(accum)]
-            (step_tokens,) = dist.all_reduce_sum([float(sum(supervised_tokens(b) for b in drawn))])
+            drawn = [(b, supervised_tokens(b)) for b in (next(batches) for _ in range(accum))]
+            (step_tokens,) = dist.all_reduce_sum([float(sum(count for _, count in drawn))])
             scale = accum * dist.world_size() / max(step_tokens, 1.0)  # DeepSpeed divides by both
             while drawn:
-                batch = drawn.pop(0)
+                batch, count = drawn.pop(0)
                 data_position += consumed_samples(batch)
                 skipped.update(batch["skipped"])
-                count = supervised_tokens(batch)
                 micro_loss = self.micro_step(batch, dtype, skipped, weight=count * scale)
                 if micro_loss is None:
                     # a non-finite loss: the micro-batch is dropped and another one drawn in its place (the
                     # step's normaliser keeps the dropped one's tokens; a rare, logged event)
-                    drawn.append(next(batches))
+                    replacement = next(batches)
+                    drawn.append((replacement, supervised_tokens(replacement)))
                     continue
                 loss_sum += micro_loss * count
                 tokens += float(batch["attention_mask"].sum())
