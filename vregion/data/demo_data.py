@@ -70,7 +70,7 @@ def find_fashion_mnist() -> Path | None:
     return found.parent if found else None
 
 
-def _require(path: Path | None, what: str) -> Path:
+def require_source(path: Path | None, what: str) -> Path:
     if path is None:
         raise FileNotFoundError(f"{what} not found; install the Debian packages (as root): {APT_HINT}")
     return path
@@ -220,8 +220,8 @@ def build_demo_data(
         {"out_dir", "seed", "image_size", "splits": {name: {"total", "emoji", "fashion", "shards"}},
         "bytes": total size of the written files}.
     """
-    font = _require(find_emoji_font(), "fonts-noto-color-emoji (NotoColorEmoji.ttf)")
-    fashion = _require(find_fashion_mnist(), "dataset-fashion-mnist")
+    font = require_source(find_emoji_font(), "fonts-noto-color-emoji (NotoColorEmoji.ttf)")
+    fashion = require_source(find_fashion_mnist(), "dataset-fashion-mnist")
     out_dir = Path(out_dir)
     rng = random.Random(f"vregion-demo-{seed}")
     emoji_train, emoji_eval = emoji_samples(font, num_emoji, emoji_eval_fraction, image_size, rng)
