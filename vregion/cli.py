@@ -265,15 +265,18 @@ def _serve(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from vregion.eval.run import EvalOptions, run_eval
 
-    if not any((args.vqa, args.captions, args.loss, args.text)):
-        raise ConfigError("nothing to evaluate: give --vqa, --captions, --loss and/or --text")
+    if not any((args.vqa, args.choices, args.captions, args.loss, args.text)):
+        raise ConfigError("nothing to evaluate: give --vqa, --choices, --captions, --loss and/or --text")
+    if args.candidates and not args.choices:
+        raise ConfigError("--candidates lists the answers --choices ranks: give --choices SHARDS too")
     from vregion.models.checkpoint import require_checkpoint
 
     require_checkpoint(args.checkpoint)  # bad values exit 2 before any model loads
     _check_compress(args.compress)
-    opts = EvalOptions(vqa=args.vqa, captions=args.captions, loss=args.loss, text=args.text, compress=args.compress,
-                       max_samples=args.max_samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       num_examples=args.num_examples, dtype=args.dtype)
+    opts = EvalOptions(vqa=args.vqa, choices=args.choices, candidates=args.candidates, captions=args.captions,
+                       loss=args.loss, text=args.text, compress=args.compress, max_samples=args.max_samples,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_examples=args.num_examples,
+                       dtype=args.dtype)
     run_eval(args.checkpoint, opts, out=args.out)
     return 0
 
@@ -461,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", help="vregion checkpoint folder (e.g. runs/x/final)")
     evaluate.add_argument("--vqa", default=None, help="short-answer VQA shards: greedy answers, normalised exact "
                           "match, and the answer loss")
+    evaluate.add_argument("--choices", default=None, help="VQA shards scored closed-set: every candidate answer "
+                          "ranked by its log-likelihood given the prompt; accuracy (gold ranked first) and mean rank")
+    evaluate.add_argument("--candidates", default=None, help="with --choices: file of candidate answers, one a line "
+                          "(default: the distinct normalised gold answers of the first --max-samples samples)")
     evaluate.add_argument("--captions", default=None, help="caption shards: held-out loss and perplexity")
     evaluate.add_argument("--loss", default=None, help="any conversation shards: held-out loss and perplexity")
     evaluate.add_argument("--text", default=None, help="text file (one passage a line) or text-only shards: "

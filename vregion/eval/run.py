@@ -1,11 +1,12 @@
 """`vregion eval`: score a checkpoint on held-out sets; launched on several ranks, each scores a share.
 
-Sets: short-answer VQA (greedy answers, normalised exact match, plus the answer loss), caption loss, held-out
-loss on any conversation shards, and text-only perplexity (a passage file or text-only shards: how much
-language ability tuning kept). Rank r of R scores positions r, r + R, ... of the first `max_samples` positions
-of the unshuffled stream, so the ranks together score exactly the samples one process scores; the sums behind
-every figure (correct answers and answers; loss x tokens, tokens and samples) are all-reduced, so the figures
-equal one rank's up to float summation order. The model is a plain module on every rank (no ZeRO), so ranks
+Sets: short-answer VQA (greedy answers, normalised exact match, plus the answer loss), closed-set VQA (the gold
+answer's rank among candidate answers by log-likelihood, `eval.closed_set`), caption loss, held-out loss on any
+conversation shards, and text-only perplexity (a passage file or text-only shards: how much language ability
+tuning kept). Rank r of R scores positions r, r + R, ... of the first `max_samples` positions of the unshuffled
+stream, so the ranks together score exactly the samples one process scores; the sums behind every figure (correct
+answers and answers; gold ranks; loss x tokens, tokens and samples) are all-reduced, so the figures equal one
+rank's up to float summation order. The model is a plain module on every rank (no ZeRO), so ranks
 need not run the same number of forwards.
 """
 
@@ -28,6 +29,8 @@ from vregion.constants import DTYPES
 from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
 from vregion.data.decode import SampleDecoder
 from vregion.data.stream import rank_stream
+from vregion.eval.closed_set import (build_candidates, candidate_ids, closed_set_counts, closed_set_result,
+                                     decoded_prompts, gold_answer)
 from vregion.eval.loss import loss_result, mean_loss
 from vregion.eval.report import evaluate_model
 from vregion.eval.text import is_text_file, read_passages, text_batches
@@ -38,6 +41,8 @@ class EvalOptions:
     """What `vregion eval` scores and how (the CLI flags)."""
 
     vqa: Optional[str] = None  # short-answer VQA shards: generation accuracy + answer loss
+    choices: Optional[str] = None  # VQA shards: rank of the gold answer among the candidates by log-likelihood
+    candidates: Optional[str] = None  # file, one candidate answer a line (default: the shards' distinct golds)
     captions: Optional[str] = None  # caption shards: held-out loss
     loss: Optional[str] = None  # any conversation shards: held-out loss
     text: Optional[str] = None  # text file (one passage a line) or text-only shards: perplexity
@@ -110,7 +115,11 @@ def reduce_results(results: dict) -> dict:
     merged = {}
     for name in sorted(results):
         r = results[name]
-        if "accuracy" in r:
+        if "rank_sum" in r:
+            rank_sum, correct, samples = dist.all_reduce_sum([float(r["rank_sum"]), float(r["correct"]),
+                                                              float(r["samples"])])
+            merged[name] = closed_set_result(rank_sum, correct, samples, r["candidates"], r["examples"])
+        elif "accuracy" in r:
             correct, samples = dist.all_reduce_sum([float(r["correct"]), float(r["samples"])])
             merged[name] = {"accuracy": correct / max(samples, 1.0), "correct": int(correct),
                             "samples": int(samples), "examples": r["examples"]}
@@ -119,6 +128,18 @@ def reduce_results(results: dict) -> dict:
                                                              float(r["samples"])])
             merged[name] = loss_result(loss_sum, tokens, samples)
     return merged
+
+
+def _closed_set(model, decoder: SampleDecoder, candidates: list[str], opts: EvalOptions, rank: int,
+                world: int) -> dict:
+    """This rank's closed-set counts over its share of `opts.choices` (see `eval.closed_set`)."""
+    raws = itertools.islice(_positions(opts.choices), rank, opts.max_samples, world)
+    total = count_samples(opts.choices)
+    share = _share(None if total is None else min(total, opts.max_samples), rank, world)
+    bar = tqdm(raws, total=share, desc=Path(opts.choices).name, unit="sample", file=sys.stderr,
+               disable=not dist.is_main(), leave=False)
+    return closed_set_counts(model, decoded_prompts(bar, decoder), candidates, candidate_ids(candidates, decoder),
+                             opts.batch_size, opts.num_examples)
 
 
 def load_for_eval(checkpoint: str | Path, compress: str, dtype: torch.dtype):
@@ -141,7 +162,8 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
 
     Returns:
         {"checkpoint", "compression" (null or {"layer", "stride"}), "world_size", "max_samples", and per set
-        present: "vqa" {accuracy, correct, samples, examples}, "vqa_loss" / "caption" / "loss" / "text"
+        present: "vqa" {accuracy, correct, samples, examples}, "choices" {accuracy, mean_rank, samples,
+        candidates, correct, examples}, "vqa_loss" / "caption" / "loss" / "text"
         {loss, perplexity, samples, tokens}}.
     """
     if opts.dtype not in DTYPES:
@@ -154,6 +176,11 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
                 f"--text {opts.text}: none of its first {read} samples is text-only ({text_skipped} have images); "
                 "--text measures language ability without images: give a passage file or text-only shards "
                 "(score image conversations with --loss)")
+    # Every rank builds the same list from all the first max_samples golds; bad lists exit 2 before the model loads.
+    candidates = None
+    if opts.choices:
+        golds = [gold_answer(raw) for raw in itertools.islice(_positions(opts.choices), opts.max_samples)]
+        candidates = build_candidates(golds, opts.candidates)
     model, tokenizer, config, stage = load_for_eval(checkpoint, opts.compress, DTYPES[opts.dtype])
     template = (config.get("model") or {}).get("template", "vicuna-v1")
     max_length = int((config.get("data") or {}).get("max_length", 2048))
@@ -174,6 +201,8 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
     ecfg = EvalConfig(vqa_shards=opts.vqa, caption_shards=opts.captions, max_samples=opts.max_samples,
                       batch_size=opts.batch_size, max_new_tokens=opts.max_new_tokens, num_examples=opts.num_examples)
     results = evaluate_model(model, tokenizer, ecfg, template, max_length, batches=batches)
+    if opts.choices:
+        results["choices"] = _closed_set(model, decoder, candidates, opts, rank, world)
     if opts.loss:
         results["loss"] = mean_loss(model, batches(opts.loss), opts.max_samples)
     if opts.text:
