@@ -236,6 +236,10 @@ class StageConfig:
 class EvalConfig:
     vqa_shards: Optional[str] = _f(None, "short-answer VQA shards scored by generation exact match")
     caption_shards: Optional[str] = _f(None, "caption shards scored by held-out loss")
+    choice_shards: Optional[str] = _f(None, "short-answer shards scored closed-set: the gold answer's rank among "
+                                      "eval.choice_candidates by log-likelihood (accuracy, mean rank)")
+    choice_candidates: Optional[str] = _f(None, "file of candidate answers, one a line, for eval.choice_shards "
+                                          "(default: the distinct gold answers of the scored samples)")
     before_after: bool = _f(False, "evaluate the starting model and the final one, and print both")
     max_samples: int = _f(200, "samples per evaluation set", ge=1)
     batch_size: int = _f(16, "evaluation batch size", ge=1)

@@ -201,3 +201,21 @@ def test_two_cpu_ranks_give_one_rank_figures(root):
         assert two["choices"][key] == one["choices"][key], key
     assert two["choices"]["mean_rank"] == pytest.approx(one["choices"]["mean_rank"], rel=1e-12)
     assert two["choices"]["accuracy"] == pytest.approx(one["choices"]["accuracy"], rel=1e-12)
+
+
+def test_training_evaluation_scores_the_same_closed_set(root):
+    """`eval.choice_shards` (before/after a training run) gives `vregion eval --choices`' figures, and the table
+    shows them."""
+    from vregion.config import EvalConfig
+    from vregion.eval import evaluate_model, format_report
+
+    opts = EvalOptions(choices=str(root / "vqa"), max_samples=SAMPLES)
+    expected = evaluate_checkpoint(root / "ckpt", opts)["choices"]
+    model, tokenizer, _, _ = load_for_eval(root / "ckpt", "none", torch.float32)
+    cfg = EvalConfig(choice_shards=str(root / "vqa"), max_samples=SAMPLES)
+    got = evaluate_model(model, tokenizer, cfg, TEMPLATE, 256)["choices"]
+    assert got["samples"] == expected["samples"] > 0
+    assert got["correct"] == expected["correct"] and got["mean_rank"] == pytest.approx(expected["mean_rank"])
+    assert got["candidates"] == expected["candidates"] >= 2 and got["examples"] == expected["examples"]
+    table = format_report({}, {"choices": got})
+    assert f"closed-set accuracy ({got['candidates']})" in table and f"{got['accuracy']:.1%}" in table

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import torch
+
+import itertools
+
 from vregion.config import EvalConfig
-from vregion.data import ImageProcessor, build_loader
+from vregion.data import ImageProcessor, build_loader, resolve_shards
+from vregion.data.decode import SampleDecoder
+from vregion.data.stream import rank_stream
+from vregion.eval.closed_set import (build_candidates, candidate_ids, closed_set_counts, closed_set_result,
+                                     decoded_prompts, gold_answer)
 from vregion.eval.generation import answer_accuracy
 from vregion.eval.loss import mean_loss
 
@@ -26,6 +34,21 @@ def eval_batches(model, tokenizer, shards: str, template: str, max_length: int, 
         shuffle_buffer=0,
         infinite=False,
     )
+
+
+def closed_set_accuracy(model, tokenizer, cfg: EvalConfig, template: str, max_length: int) -> dict:
+    """The "choices" section (`eval.closed_set`) of `cfg.choice_shards`' first `max_samples` samples (one process)."""
+    vision = model.vision
+    images = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
+    decoder = SampleDecoder(tokenizer, template, images, vision.num_tokens, tokenizer.pad_token_id, max_length)
+    stream = rank_stream(resolve_shards(cfg.choice_shards), seed=0, rank=0, world_size=1, shuffle_buffer=0,
+                         infinite=False)
+    raws = list(itertools.islice(stream, cfg.max_samples))
+    candidates = build_candidates([gold_answer(raw) for raw in raws], cfg.choice_candidates)
+    counts = closed_set_counts(model, decoded_prompts(raws, decoder), candidates, candidate_ids(candidates, decoder),
+                               cfg.batch_size, cfg.num_examples)
+    return closed_set_result(counts["rank_sum"], counts["correct"], counts["samples"], counts["candidates"],
+                             counts["examples"])
 
 
 def evaluate_model(
@@ -49,6 +72,12 @@ def evaluate_model(
         results["vqa_loss"] = mean_loss(model, batches(cfg.vqa_shards), cfg.max_samples)
     if cfg.caption_shards:
         results["caption"] = mean_loss(model, batches(cfg.caption_shards), cfg.max_samples)
+    if cfg.choice_shards:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            results["choices"] = closed_set_accuracy(model, tokenizer, cfg, template, max_length)
+        model.train(was_training)
     return results
 
 
@@ -58,6 +87,11 @@ def format_report(before: dict, after: dict) -> str:
     if "vqa" in after:
         rows.append(("VQA exact-match accuracy", before.get("vqa", {}).get("accuracy"), after["vqa"]["accuracy"], "{:.1%}"))
         rows.append(("VQA answer loss", before.get("vqa_loss", {}).get("loss"), after["vqa_loss"]["loss"], "{:.3f}"))
+    if "choices" in after:
+        ch = after["choices"]
+        rows.append((f"closed-set accuracy ({ch['candidates']})", before.get("choices", {}).get("accuracy"),
+                     ch["accuracy"], "{:.1%}"))
+        rows.append(("closed-set mean rank", before.get("choices", {}).get("mean_rank"), ch["mean_rank"], "{:.1f}"))
     if "caption" in after:
         rows.append(("caption loss", before.get("caption", {}).get("loss"), after["caption"]["loss"], "{:.3f}"))
     lines = [f"{'held-out metric':<28}{'before':>10}{'after':>10}", "-" * 48]
