@@ -125,11 +125,13 @@ def _colour_shift(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
 
 
-def training_view(glyphs: tuple[Glyph, ...], index: int, size: int, rng: random.Random) -> tuple[Image.Image, list[str]]:
-    """A seeded view of object `index` (sometimes with a second object); returns (RGB image, names shown)."""
+def training_view(glyphs: tuple[Glyph, ...], index: int, size: int, rng: random.Random,
+                  second_object: bool = True) -> tuple[Image.Image, list[str]]:
+    """A seeded view of object `index` (with `second_object`, 15% of views show another one beside it);
+    returns (RGB image, names shown)."""
     canvas = _background(size, rng)
     names = [glyphs[index].name]
-    if rng.random() < 0.15:  # a second, smaller object beside the first
+    if second_object and rng.random() < 0.15:  # a second, smaller object beside the first
         other = rng.choice([i for i in range(len(glyphs)) if i != index])
         _place(canvas, glyphs[other].image, rng.uniform(0.3, 0.45), rng, crop=False)
         names.append(glyphs[other].name)
