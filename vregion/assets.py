@@ -175,6 +175,7 @@ def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True)
     paths = {"efficientnet_lite0": prepare_efficientnet_lite0(), **prepare_demo_sources()}
     paths["smollm2"] = prepare_smollm2(cache_dir)
     paths["demo_data"] = prepare_demo_data(cache_dir)
+    paths["demo_tasks"] = prepare_demo_tasks(cache_dir)
     if gemma:
         paths["gemma3"] = prepare_gemma3(cache_dir)
     return paths
@@ -199,12 +200,32 @@ def prepare_demo_data(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def prepare_demo_tasks(cache_dir: str | Path | None = None) -> Path:
+    """The demo's task shards (`vregion.data.demo_tasks`: object naming, scenes, held-out styles), built once."""
+    target = cache_root(cache_dir) / "demo-tasks"
+    if (target / "train" / "index.json").exists():
+        return target
+    prepare_demo_sources()
+    from vregion.data.demo_tasks import build_demo_tasks
+
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-tasks.", dir=cache_root(cache_dir)))
+    try:
+        build_demo_tasks(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 # `asset:NAME[/sub/path]` in a config names a prepared asset; prepared on first use.
 ASSETS = {
     "smollm2": prepare_smollm2,
     "gemma3": prepare_gemma3,
     "efficientnet-lite0": lambda cache_dir=None: prepare_efficientnet_lite0(),
     "demo-data": prepare_demo_data,
+    "demo-tasks": prepare_demo_tasks,
 }
 ASSET_PREFIX = "asset:"
 
@@ -225,7 +246,8 @@ def resolve_config_assets(cfg):
     argument is left unchanged."""
     cfg = copy.deepcopy(cfg)
     fields = [(cfg.model.llm, "path"), (cfg.model.llm, "tokenizer"), (cfg.model.vision, "path"), (cfg.data, "train_shards"),
-              (cfg.data, "eval_shards"), (cfg.eval, "vqa_shards"), (cfg.eval, "caption_shards")]
+              (cfg.data, "eval_shards"), (cfg.eval, "vqa_shards"), (cfg.eval, "caption_shards"),
+              (cfg.eval, "choice_shards"), (cfg.eval, "choice_candidates")]
     for section, name in fields:
         setattr(section, name, resolve_asset(getattr(section, name), cfg.model.llm.cache_dir))
     return cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -127,6 +128,15 @@ def _data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_demo_tasks(args: argparse.Namespace) -> int:
+    from vregion.assets import prepare_demo_sources
+    from vregion.data.demo_tasks import build_demo_tasks
+
+    prepare_demo_sources()
+    print(json.dumps(build_demo_tasks(args.out, seed=args.seed, image_size=args.image_size), indent=1))
+    return 0
+
+
 def _data_synth(args: argparse.Namespace) -> int:
     from vregion.data.profile_synth import make_profile_shards
     from vregion.data.profiles import describe_profiles
@@ -151,7 +161,6 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _prune(args: argparse.Namespace) -> int:
     import contextlib
-    import json
 
     if args.scores and not Path(args.scores).is_file():
         raise ConfigError(f"--scores: no such file {args.scores}")
@@ -429,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fashion-train", type=int, default=2000)
     demo.add_argument("--fashion-eval", type=int, default=200)
     demo.set_defaults(func=_data_demo)
+    tasks = data.add_parser("demo-tasks", help="the demo's tasks: 48 everyday objects in many emoji views, "
+                            "compositional scene VQA, Fashion-MNIST; held-out styles, scenes and pairs")
+    tasks.add_argument("out")
+    tasks.add_argument("--seed", type=int, default=0)
+    tasks.add_argument("--image-size", type=int, default=128, help="side of the stored pictures")
+    tasks.set_defaults(func=_data_demo_tasks)
     synth = data.add_parser("synth", help="generated shards for smoke runs (coloured shapes) or a length profile")
     synth.add_argument("out", nargs="?")
     synth.add_argument("--profile", default="shapes",
