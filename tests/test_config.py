@@ -54,7 +54,8 @@ def test_stage_override_by_index():
     assert cfg.stage_configs()[0].optim.lr == pytest.approx(3e-3)
 
 
-@pytest.mark.parametrize("name", ["tiny", "llava-1.5-7b", "llava-1.5-13b", "bunny-llama-3-8b-v"])
+@pytest.mark.parametrize("name", ["tiny", "demo", "demo-transfer", "demo-all", "llava-1.5-7b", "llava-1.5-13b",
+                                  "bunny-llama-3-8b-v"])
 def test_shipped_configs_load(name):
     cfg = load_config(resolve_config_path(name))
     assert cfg.stage_configs()

@@ -75,8 +75,8 @@ def check_vision(target: VisionConfig, source: str | Path) -> None:
 def transfer_config(cfg: Config, init_dir: str | Path) -> Config:
     """The multi-stage Config that run_training gets: warm-up, then the config's own stages, from init_dir.
 
-    Warm-up: projector only, lr = warmup_lr_scale x the projector lr, constant, no lr warmup, for
-    transfer.warmup_steps optimizer steps (or transfer.warmup_epochs epochs when unset).
+    Warm-up: projector only, lr = warmup_lr_scale x the projector lr, constant, no lr warmup, no visual-token
+    pooling, for transfer.warmup_steps optimizer steps (or transfer.warmup_epochs epochs when unset).
     """
     out = copy.deepcopy(cfg)
     out.model.init_from = str(init_dir)
@@ -84,7 +84,8 @@ def transfer_config(cfg: Config, init_dir: str | Path) -> Config:
     projector_lr = cfg.optim.projector_lr if cfg.optim.projector_lr is not None else cfg.optim.lr
     train = {"max_steps": t.warmup_steps} if t.warmup_steps is not None else {"max_steps": None,
                                                                              "epochs": t.warmup_epochs}
-    warmup = dict(name=WARMUP_STAGE, region=dict(WARMUP_REGION), train=train,
+    # Uncompressed, as LLaVolta compresses in instruction tuning only: the warm-up learns the full mapping.
+    warmup = dict(name=WARMUP_STAGE, region=dict(WARMUP_REGION), train=train, compress=dict(schedule=None),
                   optim=dict(projector_lr=t.warmup_lr_scale * projector_lr, schedule="constant", warmup_ratio=0.0))
     own = copy.deepcopy(cfg.stages) or [{"name": "train"}]
     out.stages = [warmup] + own
