@@ -181,42 +181,36 @@ def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True)
     return paths
 
 
-def prepare_demo_data(cache_dir: str | Path | None = None) -> Path:
-    """The demo's webdataset shards (train, eval-fashion, eval-emoji), built once from the Debian sources."""
-    target = cache_root(cache_dir) / "demo-data"
+def _build_shards_once(cache_dir, name: str, build) -> Path:
+    """`cache_root/name`, written by `build(folder)` the first time: into a temporary folder, renamed into
+    place when complete, so an interrupted build never leaves a half-written asset behind."""
+    target = cache_root(cache_dir) / name
     if (target / "train" / "index.json").exists():
         return target
     prepare_demo_sources()
-    from vregion.data.demo_data import build_demo_data
-
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-data.", dir=cache_root(cache_dir)))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_root(cache_dir)))
     try:
-        build_demo_data(tmp)
+        build(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def prepare_demo_data(cache_dir: str | Path | None = None) -> Path:
+    """The demo's webdataset shards (train, eval-fashion, eval-emoji), built once from the Debian sources."""
+    from vregion.data.demo_data import build_demo_data
+
+    return _build_shards_once(cache_dir, "demo-data", build_demo_data)
 
 
 def prepare_demo_tasks(cache_dir: str | Path | None = None) -> Path:
     """The demo's task shards (`vregion.data.demo_tasks`: object naming, scenes, held-out styles), built once."""
-    target = cache_root(cache_dir) / "demo-tasks"
-    if (target / "train" / "index.json").exists():
-        return target
-    prepare_demo_sources()
     from vregion.data.demo_tasks import build_demo_tasks
 
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-tasks.", dir=cache_root(cache_dir)))
-    try:
-        build_demo_tasks(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _build_shards_once(cache_dir, "demo-tasks", build_demo_tasks)
 
 
 # `asset:NAME[/sub/path]` in a config names a prepared asset; prepared on first use.

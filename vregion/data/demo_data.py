@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
 import random
 import shutil
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from .writer import write_shards
+from .writer import png_bytes, question_sample, write_shards
 
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -132,17 +131,6 @@ def load_fashion_mnist(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray
 
 
 # --------------------------------------------------------------------------------------------- samples
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")  # no metadata: the same pixels give the same bytes
-    return out.getvalue()
-
-
-def _sample(sample_id: str, question: str, answer: str, png: bytes) -> dict:
-    conversations = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
-    return {"id": sample_id, "conversations": conversations, "images": [png]}
-
-
 def emoji_samples(
     font_path: Path, num_emoji: int | None, eval_fraction: float, image_size: int, rng: random.Random
 ) -> tuple[list[dict], list[dict]]:
@@ -157,7 +145,7 @@ def emoji_samples(
             if len(rendered) == wanted:
                 break
             image = render_emoji(font, cp, image_size)
-            png = None if image is None else _png(image)
+            png = None if image is None else png_bytes(image)
             if png is None or hashlib.sha1(png).digest() in seen:
                 continue  # blank, or the same picture as another code point (its caption would be ambiguous)
             seen.add(hashlib.sha1(png).digest())
@@ -174,7 +162,7 @@ def emoji_samples(
 
 def _emoji_sample(cp: int, png: bytes, phrasing: tuple[str, str]) -> dict:
     question, template = phrasing
-    return _sample(f"emoji-{cp:x}", question, template.format(name=emoji_caption(cp)), png)
+    return question_sample(f"emoji-{cp:x}", question, template.format(name=emoji_caption(cp)), png)
 
 
 def fashion_samples(
@@ -194,7 +182,7 @@ def fashion_samples(
         hashes.add(digest)
         image = Image.fromarray(images[i]).resize((image_size, image_size), Image.BICUBIC)  # mode "L"
         answer = FASHION_CLASSES[labels[i]].lower()
-        samples.append(_sample(f"fmnist-{split}-{i:05d}", FASHION_QUESTION, answer, _png(image)))
+        samples.append(question_sample(f"fmnist-{split}-{i:05d}", FASHION_QUESTION, answer, png_bytes(image)))
     return samples, hashes
 
 

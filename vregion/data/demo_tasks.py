@@ -16,32 +16,17 @@ The same arguments always give the same bytes.
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
 import random
 import shutil
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from . import emoji_views, scenes
 from .demo_data import fashion_samples, require_source, find_emoji_font, find_fashion_mnist
-from .writer import write_shards
+from .writer import png_bytes, question_sample, write_shards
 
 CANDIDATES_FILE = "objects.txt"
-
-
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")  # no metadata: the same pixels give the same bytes
-    return out.getvalue()
-
-
-def _sample(sample_id: str, question: str, answer: str, image: Image.Image) -> dict:
-    conversations = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
-    return {"id": sample_id, "conversations": conversations, "images": [_png(image)]}
 
 
 def view_samples(glyphs, views_per_object: int, image_size: int, rng: random.Random, tag: str) -> list[dict]:
@@ -51,7 +36,7 @@ def view_samples(glyphs, views_per_object: int, image_size: int, rng: random.Ran
         for i in range(len(glyphs)):
             image, names = emoji_views.training_view(glyphs, i, image_size, rng)
             question, answer = emoji_views.caption(names, rng)
-            samples.append(_sample(f"view-{tag}-{k:03d}-{i:02d}", question, answer, image))
+            samples.append(question_sample(f"view-{tag}-{k:03d}-{i:02d}", question, answer, png_bytes(image)))
     return samples
 
 
@@ -65,7 +50,8 @@ def naming_samples(glyphs, per_object: int, image_size: int, rng: random.Random,
                 image, _ = emoji_views.training_view(glyphs, i, image_size, rng, second_object=False)
             else:
                 image = emoji_views.held_out_view(glyph.image, style, image_size, rng)
-            samples.append(_sample(f"name-{style or 'emoji'}-{k:02d}-{i:02d}", question, glyph.name, image))
+            samples.append(question_sample(f"name-{style or 'emoji'}-{k:02d}-{i:02d}", question, glyph.name,
+                                           png_bytes(image)))
     return samples
 
 
@@ -120,18 +106,3 @@ def build_demo_tasks(
     summary["splits"]["train"].update(views=len(views), scenes=len(scene_train), fashion=len(fashion_tr))
     (out_dir / CANDIDATES_FILE).write_text("\n".join(emoji_views.object_names()) + "\n")
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m vregion.data.demo_tasks OUT [...]`: build the demo tasks and print the summary."""
-    parser = argparse.ArgumentParser(prog="python -m vregion.data.demo_tasks", description=__doc__.split("\n")[0])
-    parser.add_argument("out")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128)
-    args = parser.parse_args(argv)
-    print(json.dumps(build_demo_tasks(args.out, args.seed, args.image_size), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,11 +14,12 @@ drawn half "yes", half "no". The same (split, count, seed) always gives the same
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw
+
+from .writer import png_bytes, question_sample
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
@@ -261,14 +262,11 @@ def scene_samples(split: str, count: int, image_size: int = 224, seed: int = 0,
     picture shared by a scene's questions); each sample carries its "scene" and "question" spec."""
     samples = []
     for index, scene, specs, rng in scene_questions(split, count, seed, questions_per_scene):
-        out = io.BytesIO()
-        render(scene, image_size, rng).save(out, format="PNG")
-        png = out.getvalue()
+        png = png_bytes(render(scene, image_size, rng))
         for q, spec in enumerate(specs):
-            conversations = [{"from": "human", "value": f"<image>\n{question_text(spec)}"},
-                             {"from": "gpt", "value": answer(scene, spec)}]
-            samples.append({"id": f"scene-{split}-{seed}-{index:05d}-{q}", "conversations": conversations,
-                            "images": [png], "scene": [asdict(o) for o in scene], "question": spec})
+            sample = question_sample(f"scene-{split}-{seed}-{index:05d}-{q}", question_text(spec),
+                                     answer(scene, spec), png)
+            samples.append({**sample, "scene": [asdict(o) for o in scene], "question": spec})
     return samples
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -35,6 +36,19 @@ def image_extension(data: bytes) -> str:
         if data.startswith(magic):
             return ext
     return "bin"
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image as PNG bytes, without metadata: the same pixels always give the same bytes."""
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def question_sample(sample_id: str, question: str, answer: str, png: bytes) -> dict:
+    """A one-turn sample for `write_shards`: the image, then `question`; `answer` is the assistant's turn."""
+    conversations = [{"from": "human", "value": f"{IMAGE_TAG}\n{question}"}, {"from": "gpt", "value": answer}]
+    return {"id": sample_id, "conversations": conversations, "images": [png]}
 
 
 def _safe_key(sample_id: str) -> str:
