@@ -145,3 +145,28 @@ def test_imagenet_top1_on_bundled_scikit_image_photos(lite0, photo, imagenet_cla
     with torch.no_grad():
         probs = lite0.classify(pixels[None]).softmax(-1)[0]
     assert probs.argmax().item() == imagenet_class and probs[imagenet_class] > 0.5
+
+
+def test_shard_assets_are_built_once_and_rebuilt_when_their_generator_changes(tmp_path):
+    builds = []
+
+    def build(folder, marker="a"):
+        builds.append(marker)
+        (folder / "train").mkdir()
+        (folder / "train" / "index.json").write_text(marker)
+
+    first = assets._build_shards_once(tmp_path, "tasks", build, version=1)
+    again = assets._build_shards_once(tmp_path, "tasks", lambda f: build(f, "b"), version=1)
+    assert first == again and builds == ["a"] and (first / "train" / "index.json").read_text() == "a"
+    assets._build_shards_once(tmp_path, "tasks", lambda f: build(f, "c"), version=2)
+    assert builds == ["a", "c"] and (first / "train" / "index.json").read_text() == "c"
+    assert (first / "version.txt").read_text().strip() == "2"
+
+    def broken(folder):
+        (folder / "partial").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        assets._build_shards_once(tmp_path, "tasks", broken, version=3)
+    # the complete older build stays; no half-written temporary folder is left behind
+    assert (first / "train" / "index.json").read_text() == "c" and sorted(p.name for p in tmp_path.iterdir()) == ["tasks"]

@@ -18,12 +18,15 @@ import argparse
 import copy
 import importlib
 import importlib.metadata
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "~/.cache/vregion"
 
@@ -181,16 +184,22 @@ def prepare_demo_assets(cache_dir: str | Path | None = None, gemma: bool = True)
     return paths
 
 
-def _build_shards_once(cache_dir, name: str, build) -> Path:
-    """`cache_root/name`, written by `build(folder)` the first time: into a temporary folder, renamed into
-    place when complete, so an interrupted build never leaves a half-written asset behind."""
+def _build_shards_once(cache_dir, name: str, build, version: int) -> Path:
+    """`cache_root/name`, written by `build(folder)` the first time (and again when the builder's `version`
+    differs from the one the folder was built by, so a cache never serves data an older release generated):
+    into a temporary folder, renamed into place when complete, so an interrupted build never leaves a
+    half-written asset behind."""
     target = cache_root(cache_dir) / name
-    if (target / "train" / "index.json").exists():
+    stamp = target / "version.txt"
+    if (target / "train" / "index.json").exists() and stamp.exists() and stamp.read_text().strip() == str(version):
         return target
+    if target.exists():
+        log.warning("rebuilding %s: it was built by another version of its generator (now %d)", target, version)
     prepare_demo_sources()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_root(cache_dir)))
     try:
         build(tmp)
+        (tmp / "version.txt").write_text(f"{version}\n")
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -201,16 +210,16 @@ def _build_shards_once(cache_dir, name: str, build) -> Path:
 
 def prepare_demo_data(cache_dir: str | Path | None = None) -> Path:
     """The demo's webdataset shards (train, eval-fashion, eval-emoji), built once from the Debian sources."""
-    from vregion.data.demo_data import build_demo_data
+    from vregion.data.demo_data import BUILD_VERSION, build_demo_data
 
-    return _build_shards_once(cache_dir, "demo-data", build_demo_data)
+    return _build_shards_once(cache_dir, "demo-data", build_demo_data, BUILD_VERSION)
 
 
 def prepare_demo_tasks(cache_dir: str | Path | None = None) -> Path:
     """The demo's task shards (`vregion.data.demo_tasks`: object naming, scenes, held-out styles), built once."""
-    from vregion.data.demo_tasks import build_demo_tasks
+    from vregion.data.demo_tasks import BUILD_VERSION, build_demo_tasks
 
-    return _build_shards_once(cache_dir, "demo-tasks", build_demo_tasks)
+    return _build_shards_once(cache_dir, "demo-tasks", build_demo_tasks, BUILD_VERSION)
 
 
 # `asset:NAME[/sub/path]` in a config names a prepared asset; prepared on first use.

@@ -74,6 +74,26 @@ def test_stored_answers_equal_answers_recomputed_from_the_scene_description():
             assert len(gpt["value"].split()) == 1
 
 
+def test_dialogues_hold_a_scenes_questions_as_turns_with_recomputed_answers():
+    dialogues = scenes.scene_samples("train", 40, image_size=48, seed=3, questions_per_scene=6, dialogue=True)
+    singles = scenes.scene_samples("train", 40, image_size=48, seed=3, questions_per_scene=6)
+    assert len(dialogues) == 40 and len(singles) == sum(len(d["questions"]) for d in dialogues)
+    turns = []
+    for sample in dialogues:
+        scene = scenes.scene_from_dicts(sample["scene"])
+        conv = sample["conversations"]
+        assert len(sample["images"]) == 1 and [t["from"] for t in conv] == ["human", "gpt"] * len(sample["questions"])
+        assert conv[0]["value"].startswith("<image>\n") and all("<image>" not in t["value"] for t in conv[1:])
+        assert len(sample["questions"]) == 6 and len({str(q) for q in sample["questions"]}) == 6
+        for spec, human, gpt in zip(sample["questions"], conv[::2], conv[1::2]):
+            assert human["value"].removeprefix("<image>\n") == scenes.question_text(spec)
+            assert gpt["value"] == scenes.answer(scene, spec)
+            turns.append((human["value"].removeprefix("<image>\n"), gpt["value"]))
+    # the same scenes and questions as one-question samples: a dialogue only regroups them
+    assert turns == [(s["conversations"][0]["value"].removeprefix("<image>\n"), s["conversations"][1]["value"])
+                     for s in singles]
+
+
 def test_held_out_pairs_never_in_training_and_in_every_eval_scene():
     train = [scene for _, scene, _, _ in scenes.scene_questions("train", 2000)]
     shown = {o.pair for scene in train for o in scene}

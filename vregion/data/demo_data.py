@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .writer import png_bytes, question_sample, write_shards
 
+BUILD_VERSION = 1  # bump when the same arguments would write other samples
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 APT_HINT = "apt-get install -y fonts-noto-color-emoji dataset-fashion-mnist"

@@ -3,8 +3,8 @@
 Everything is made from Debian packages (the Noto emoji font, Fashion-MNIST) and generated scenes. Folders
 (each a set of tar shards + index.json, see `writer.write_shards`):
 - `train-align/`: emoji views of the 48 objects (`emoji_views.training_view`) with varied captions: stage 1;
-- `train/`: more views, scene questions (`scenes`, train split: 4 colour-shape pairs never shown) and
-  Fashion-MNIST questions: stage 2;
+- `train/`: more views, scene dialogues (`scenes`, train split: 4 colour-shape pairs never shown; several
+  questions per picture) and Fashion-MNIST questions: stage 2;
 - `eval-emoji/`: new views of the same objects, canonical question ("What is shown?" -> name): caption loss
   and in-style closed-set naming;
 - `eval-cross-style/`: line drawings and silhouettes of the objects, a style training never shows: closed-set
@@ -27,6 +27,7 @@ from .demo_data import fashion_samples, require_source, find_emoji_font, find_fa
 from .writer import png_bytes, question_sample, write_shards
 
 CANDIDATES_FILE = "objects.txt"
+BUILD_VERSION = 2  # bump when the same arguments would write other samples (2: train scenes as dialogues)
 
 
 def view_samples(glyphs, views_per_object: int, image_size: int, rng: random.Random, tag: str) -> list[dict]:
@@ -67,13 +68,15 @@ def build_demo_tasks(
     fashion_eval: int = 200,
     eval_views: int = 3,
     questions_per_scene: int = 2,
+    train_turns: int = 6,
     samples_per_shard: int = 500,
 ) -> dict:
     """Write the demo tasks' folders (module docstring) under `out_dir`; returns a summary of counts.
 
     Args:
         align_views / train_views: views of each of the 48 objects in train-align/ and in train/.
-        train_scenes / eval_scenes: scenes in train/ and eval-scenes/ (`questions_per_scene` questions each).
+        train_scenes / eval_scenes: scenes in train/ (one dialogue of `train_turns` questions each) and in
+            eval-scenes/ (`questions_per_scene` one-question samples each, scored one at a time).
         eval_views: pictures of each object per held-out style (and in eval-emoji/).
     """
     font = require_source(find_emoji_font(), "fonts-noto-color-emoji (NotoColorEmoji.ttf)")
@@ -83,7 +86,7 @@ def build_demo_tasks(
     rng = random.Random(f"vregion-demo-tasks-{seed}")
     align = view_samples(glyphs, align_views, image_size, rng, "align")
     views = view_samples(glyphs, train_views, image_size, rng, "train")
-    scene_train = scenes.scene_samples("train", train_scenes, image_size, seed, questions_per_scene)
+    scene_train = scenes.scene_samples("train", train_scenes, image_size, seed, train_turns, dialogue=True)
     scene_eval = scenes.scene_samples("eval", eval_scenes, image_size, seed, questions_per_scene)
     fashion_tr, hashes = fashion_samples(fashion, "train", fashion_train, image_size, rng)
     fashion_ev, _ = fashion_samples(fashion, "test", fashion_eval, image_size, rng, exclude=hashes)

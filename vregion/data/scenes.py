@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw
 
-from .writer import png_bytes, question_sample
+from .writer import dialogue_sample, png_bytes, question_sample
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
@@ -257,16 +257,26 @@ def scene_questions(split: str, count: int, seed: int = 0, questions_per_scene: 
 
 
 def scene_samples(split: str, count: int, image_size: int = 224, seed: int = 0,
-                  questions_per_scene: int = 2) -> list[dict]:
-    """`count` scenes of `split` ("train" | "eval") as VQA samples, one sample per question (the same
-    picture shared by a scene's questions); each sample carries its "scene" and "question" spec."""
+                  questions_per_scene: int = 2, dialogue: bool = False) -> list[dict]:
+    """`count` scenes of `split` ("train" | "eval") as VQA samples: one sample per question (the same
+    picture shared by a scene's questions; each sample carries its "scene" and "question" spec), or with
+    `dialogue` one sample per scene holding its questions as turns (carrying "scene" and "questions").
+
+    Dialogues are how LLaVA's own data asks several questions of one image: every answer is supervised, and
+    the image and the prompt are paid for once, so a training step learns from several answers per scene."""
     samples = []
     for index, scene, specs, rng in scene_questions(split, count, seed, questions_per_scene):
         png = png_bytes(render(scene, image_size, rng))
+        described = [asdict(o) for o in scene]
+        if dialogue:
+            turns = [(question_text(spec), answer(scene, spec)) for spec in specs]
+            sample = dialogue_sample(f"scene-{split}-{seed}-{index:05d}", turns, png)
+            samples.append({**sample, "scene": described, "questions": specs})
+            continue
         for q, spec in enumerate(specs):
             sample = question_sample(f"scene-{split}-{seed}-{index:05d}-{q}", question_text(spec),
                                      answer(scene, spec), png)
-            samples.append({**sample, "scene": [asdict(o) for o in scene], "question": spec})
+            samples.append({**sample, "scene": described, "question": spec})
     return samples
 
 

@@ -45,10 +45,19 @@ def png_bytes(image) -> bytes:
     return out.getvalue()
 
 
+def dialogue_sample(sample_id: str, turns: list[tuple[str, str]], png: bytes) -> dict:
+    """A sample for `write_shards`: the image, then (question, answer) turns about it; the image opens the
+    first question."""
+    conversations = []
+    for k, (question, answer) in enumerate(turns):
+        conversations.append({"from": "human", "value": f"{IMAGE_TAG}\n{question}" if k == 0 else question})
+        conversations.append({"from": "gpt", "value": answer})
+    return {"id": sample_id, "conversations": conversations, "images": [png]}
+
+
 def question_sample(sample_id: str, question: str, answer: str, png: bytes) -> dict:
     """A one-turn sample for `write_shards`: the image, then `question`; `answer` is the assistant's turn."""
-    conversations = [{"from": "human", "value": f"{IMAGE_TAG}\n{question}"}, {"from": "gpt", "value": answer}]
-    return {"id": sample_id, "conversations": conversations, "images": [png]}
+    return dialogue_sample(sample_id, [(question, answer)], png)
 
 
 def _safe_key(sample_id: str) -> str:
