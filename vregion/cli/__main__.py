@@ -1,0 +1,5 @@
+"""`python -m vregion.cli` (what the deepspeed launcher and SLURM ranks run)."""
+
+from . import run
+
+run()
