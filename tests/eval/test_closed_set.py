@@ -219,3 +219,21 @@ def test_training_evaluation_scores_the_same_closed_set(root):
     assert got["candidates"] == expected["candidates"] >= 2 and got["examples"] == expected["examples"]
     table = format_report({}, {"choices": got})
     assert f"closed-set accuracy ({got['candidates']})" in table and f"{got['accuracy']:.1%}" in table
+
+
+def test_before_after_sets_cover_the_first_max_samples_positions_whatever_the_batch_size(root):
+    """A batch size that does not divide max_samples must not read past it: accuracy, answer loss and caption
+    loss cover the same first positions as `vregion eval` with another batch size."""
+    from vregion.config import EvalConfig
+    from vregion.eval import evaluate_model
+
+    shards = str(root / "vqa")
+    model, tokenizer, _, _ = load_for_eval(root / "ckpt", "none", torch.float32)
+    cfg = EvalConfig(vqa_shards=shards, caption_shards=shards, max_samples=10, batch_size=4, max_new_tokens=4)
+    got = evaluate_model(model, tokenizer, cfg, TEMPLATE, 256)
+    expected = evaluate_checkpoint(root / "ckpt", EvalOptions(vqa=shards, max_samples=10, batch_size=3,
+                                                              max_new_tokens=4))
+    assert got["vqa"]["samples"] == got["vqa_loss"]["samples"] == got["caption"]["samples"] == 10
+    assert got["vqa_loss"]["tokens"] == expected["vqa_loss"]["tokens"] > 0
+    assert got["vqa_loss"]["loss"] == pytest.approx(expected["vqa_loss"]["loss"], rel=1e-5)
+    assert got["vqa"]["accuracy"] == pytest.approx(expected["vqa"]["accuracy"])

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterable
 
 import torch
 
-import itertools
-
 from vregion.config import EvalConfig
-from vregion.data import ImageProcessor, build_loader, resolve_shards
+from vregion.data import ImageProcessor, build_loader
 from vregion.data.decode import SampleDecoder
-from vregion.data.stream import rank_stream
+from vregion.eval.batches import positions, shard_batches
 from vregion.eval.closed_set import (build_candidates, candidate_ids, closed_set_counts, closed_set_result,
                                      decoded_prompts, gold_answer)
 from vregion.eval.generation import answer_accuracy
@@ -41,9 +40,7 @@ def closed_set_accuracy(model, tokenizer, cfg: EvalConfig, template: str, max_le
     vision = model.vision
     images = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
     decoder = SampleDecoder(tokenizer, template, images, vision.num_tokens, tokenizer.pad_token_id, max_length)
-    stream = rank_stream(resolve_shards(cfg.choice_shards), seed=0, rank=0, world_size=1, shuffle_buffer=0,
-                         infinite=False)
-    raws = list(itertools.islice(stream, cfg.max_samples))
+    raws = list(itertools.islice(positions(cfg.choice_shards), cfg.max_samples))
     candidates = build_candidates([gold_answer(raw) for raw in raws], cfg.choice_candidates)
     counts = closed_set_counts(model, decoded_prompts(raws, decoder), candidates, candidate_ids(candidates, decoder),
                                cfg.batch_size, cfg.num_examples)
@@ -58,12 +55,18 @@ def evaluate_model(
     """{"vqa": {accuracy, samples, examples}, "caption": {loss, perplexity, ...}} for the configured sets.
 
     Args:
-        batches: shards -> one ordered pass of batches; default `eval_batches` (all samples, one process).
+        batches: shards -> one ordered pass of batches; default the first `cfg.max_samples` positions (one
+            process).
             `vregion eval` passes its per-rank share of the samples here.
     """
     if batches is None:
-        def batches(shards: str) -> Iterable[dict]:
-            return eval_batches(model, tokenizer, shards, template, max_length, cfg.batch_size)
+        vision = model.vision
+        images = ImageProcessor(vision.image_size, vision.image_mean, vision.image_std, vision.image_aspect)
+        decoder = SampleDecoder(tokenizer, template, images, vision.num_tokens, tokenizer.pad_token_id, max_length)
+
+        def batches(shards: str) -> Iterable[dict]:  # the first max_samples positions, never a batch past them
+            return shard_batches(shards, decoder, vision.image_size, tokenizer.pad_token_id, cfg.batch_size,
+                                 cfg.max_samples, rank=0, world_size=1)
     results: dict = {}
     if cfg.vqa_shards:
         results["vqa"] = answer_accuracy(

@@ -26,11 +26,11 @@ from tqdm import tqdm
 from vregion import distributed as dist
 from vregion.config import ConfigError, EvalConfig
 from vregion.constants import DTYPES
-from vregion.data import ImageProcessor, collate, count_samples, resolve_shards, validate_template
+from vregion.data import ImageProcessor, count_samples, validate_template
 from vregion.data.decode import SampleDecoder
-from vregion.data.stream import rank_stream
 from vregion.eval.closed_set import (build_candidates, candidate_ids, closed_set_counts, closed_set_result,
                                      decoded_prompts, gold_answer)
+from vregion.eval.batches import count_image_samples, positions, shard_batches
 from vregion.eval.loss import loss_result, mean_loss
 from vregion.eval.report import evaluate_model
 from vregion.eval.text import is_text_file, read_passages, text_batches
@@ -52,47 +52,6 @@ class EvalOptions:
     max_new_tokens: int = 16
     num_examples: int = 4  # example answers (from rank 0's share)
     dtype: str = "fp32"
-
-
-def _num_images(raw: dict) -> int:
-    """Images a raw tar sample declares (0 when its json cannot be read: decoding will skip it anyway)."""
-    try:
-        return int(json.loads(raw["json"]).get("num_images", 0))
-    except (KeyError, ValueError, TypeError, AttributeError):
-        return 0
-
-
-def _positions(shards: str) -> Iterator[dict]:
-    """The unshuffled positions of a shard set, in order: what every rank's share is taken from."""
-    return rank_stream(resolve_shards(shards), seed=0, rank=0, world_size=1, shuffle_buffer=0, infinite=False)
-
-
-def count_image_samples(shards: str, max_samples: int) -> tuple[int, int]:
-    """(samples with images, positions read) among the first `max_samples` positions; reads no image."""
-    positions = list(itertools.islice(_positions(shards), max_samples))
-    return sum(_num_images(raw) > 0 for raw in positions), len(positions)
-
-
-def shard_batches(shards: str, decoder: SampleDecoder, image_size: int, pad_id: int, batch_size: int,
-                  max_samples: int, rank: int, world_size: int, text_only: bool = False) -> Iterator[dict]:
-    """This rank's share (positions rank, rank + R, ...) of the first `max_samples` positions, in order, batched.
-
-    Positions that fail to decode (bad image, no supervised token left) are skipped, as in training; with
-    `text_only`, so are samples with images (text perplexity must not see them).
-    """
-    pending: list[dict] = []
-    for raw in itertools.islice(_positions(shards), rank, max_samples, world_size):
-        if text_only and _num_images(raw) > 0:
-            continue
-        sample = decoder(raw)
-        if "skip" in sample:
-            continue
-        pending.append(sample)
-        if len(pending) == batch_size:
-            yield collate(pending, pad_id, image_size)
-            pending = []
-    if pending:
-        yield collate(pending, pad_id, image_size)
 
 
 def _share(total: Optional[int], rank: int, world_size: int) -> Optional[int]:
@@ -133,7 +92,7 @@ def reduce_results(results: dict) -> dict:
 def _closed_set(model, decoder: SampleDecoder, candidates: list[str], opts: EvalOptions, rank: int,
                 world: int) -> dict:
     """This rank's closed-set counts over its share of `opts.choices` (see `eval.closed_set`)."""
-    raws = itertools.islice(_positions(opts.choices), rank, opts.max_samples, world)
+    raws = itertools.islice(positions(opts.choices), rank, opts.max_samples, world)
     total = count_samples(opts.choices)
     share = _share(None if total is None else min(total, opts.max_samples), rank, world)
     bar = tqdm(raws, total=share, desc=Path(opts.choices).name, unit="sample", file=sys.stderr,
@@ -179,7 +138,7 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
     # Every rank builds the same list from all the first max_samples golds; bad lists exit 2 before the model loads.
     candidates = None
     if opts.choices:
-        golds = [gold_answer(raw) for raw in itertools.islice(_positions(opts.choices), opts.max_samples)]
+        golds = [gold_answer(raw) for raw in itertools.islice(positions(opts.choices), opts.max_samples)]
         candidates = build_candidates(golds, opts.candidates)
     model, tokenizer, config, stage = load_for_eval(checkpoint, opts.compress, DTYPES[opts.dtype])
     template = (config.get("model") or {}).get("template", "vicuna-v1")
