@@ -27,7 +27,7 @@ from .demo_data import fashion_samples, require_source, find_emoji_font, find_fa
 from .writer import png_bytes, question_sample, write_shards
 
 CANDIDATES_FILE = "objects.txt"
-BUILD_VERSION = 2  # bump when the same arguments would write other samples (2: train scenes as dialogues)
+BUILD_VERSION = 3  # bump when the same arguments would write other samples (2: scene dialogues; 3: 4,000 of them)
 
 
 def view_samples(glyphs, views_per_object: int, image_size: int, rng: random.Random, tag: str) -> list[dict]:
@@ -62,7 +62,7 @@ def build_demo_tasks(
     image_size: int = 128,
     align_views: int = 40,
     train_views: int = 20,
-    train_scenes: int = 2000,
+    train_scenes: int = 4000,
     eval_scenes: int = 500,
     fashion_train: int = 600,
     fashion_eval: int = 200,
