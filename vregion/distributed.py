@@ -101,3 +101,12 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     if torch.distributed.is_initialized() and world_size() > 1:
         torch.distributed.all_reduce(t)
     return t.tolist()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order (a one-item list without a process group)."""
+    if not (torch.distributed.is_initialized() and world_size() > 1):
+        return [obj]
+    gathered = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered

@@ -43,3 +43,10 @@ def test_bad_compress_exits_2_before_loading(root, no_model, capsys, compress, m
 def test_not_a_checkpoint_exits_2(root, no_model, capsys, folder, missing):
     assert main(["eval", str(root / folder), "--vqa", str(root / "vqa")]) == 2
     assert f"vregion: config error: not a vregion checkpoint: {root / folder} {missing}" in capsys.readouterr().err
+
+
+def test_predictions_without_vqa_exits_2(root, no_model, capsys):
+    argv = ["eval", str(root / "ckpt"), "--captions", str(root / "vqa"), "--predictions", str(root / "p.jsonl")]
+    assert main(argv) == 2
+    assert "--predictions lists the --vqa answers: give --vqa SHARDS too" in capsys.readouterr().err
+    assert not (root / "p.jsonl").exists()

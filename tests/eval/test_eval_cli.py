@@ -15,6 +15,7 @@ from vregion.cli import main
 from vregion.config import LLMConfig, ModelConfig, ProjectorConfig, VisionConfig, to_dict
 from vregion.data import ImageProcessor, build_loader, make_synthetic_shards
 from vregion.eval import normalize_answer
+from vregion.eval.batches import positions
 from vregion.eval.run import EvalOptions, evaluate_checkpoint
 from vregion.models import build_vlm, load_checkpoint, save_checkpoint
 
@@ -69,7 +70,8 @@ def setup(tmp_path_factory):
 
 def eval_args(root, out) -> list[str]:
     return ["eval", str(root / "ckpt"), "--vqa", str(root / "vqa"), "--text", str(root / "passages.txt"),
-            "--max-samples", "29", "--batch-size", "4", "--max-new-tokens", "10", "--out", str(out)]
+            "--max-samples", "29", "--batch-size", "4", "--max-new-tokens", "10", "--out", str(out),
+            "--predictions", str(out.with_suffix(".jsonl"))]
 
 
 def run_two_ranks(root) -> dict:
@@ -107,6 +109,19 @@ def test_two_cpu_ranks_give_one_rank_figures(setup, capsys):
         assert two[name]["loss"] == pytest.approx(one[name]["loss"], rel=1e-6, abs=1e-6), name
         assert two[name]["perplexity"] == pytest.approx(one[name]["perplexity"], rel=1e-6), name
     assert one["text"]["samples"] == 5
+    # --predictions: every answer once, in the set's order, whichever rank gave it; it adds up to the figures.
+    rows = [json.loads(line) for line in (setup / "eval-1.jsonl").read_text().splitlines()]
+    assert (setup / "eval-2.jsonl").read_text() == (setup / "eval-1.jsonl").read_text()
+    assert one["vqa"]["predictions_file"] == str(setup / "eval-1.jsonl") and "predictions" not in one["vqa"]
+    assert [r["position"] for r in rows] == list(range(29))
+    assert sum(r["correct"] for r in rows) == one["vqa"]["correct"]
+    assert all(r["correct"] == (normalize_answer(r["answer"]) == normalize_answer(r["gold"])) for r in rows)
+    raws = list(positions(str(setup / "vqa")))[:29]
+    sources = [json.loads(raw["json"]) for raw in raws]
+    assert [r["id"] for r in rows] == [str(meta["id"]) for meta in sources]
+    assert [r["gold"] for r in rows] == [meta["conversations"][1]["value"] for meta in sources]
+    assert [r["question"] for r in rows] == [meta["conversations"][0]["value"].replace("<image>", "").strip()
+                                             for meta in sources]
 
 
 def test_text_perplexity_is_the_token_weighted_loss_of_each_passage(setup):

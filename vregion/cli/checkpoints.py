@@ -52,6 +52,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to evaluate: give --vqa, --choices, --captions, --loss and/or --text")
     if args.candidates and not args.choices:
         raise ConfigError("--candidates lists the answers --choices ranks: give --choices SHARDS too")
+    if args.predictions and not args.vqa:
+        raise ConfigError("--predictions lists the --vqa answers: give --vqa SHARDS too")
     from vregion.models.checkpoint import require_checkpoint
 
     require_checkpoint(args.checkpoint)  # bad values exit 2 before any model loads
@@ -59,7 +61,7 @@ def _eval(args: argparse.Namespace) -> int:
     opts = EvalOptions(vqa=args.vqa, choices=args.choices, candidates=args.candidates, captions=args.captions,
                        loss=args.loss, text=args.text, compress=args.compress, max_samples=args.max_samples,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_examples=args.num_examples,
-                       dtype=args.dtype)
+                       dtype=args.dtype, predictions=args.predictions)
     run_eval(args.checkpoint, opts, out=args.out)
     return 0
 
@@ -147,6 +149,8 @@ def add_commands(sub) -> None:
     evaluate.add_argument("--num-examples", type=int, default=4, help="example answers kept in the JSON")
     evaluate.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="model dtype")
     evaluate.add_argument("--out", default=None, help="also write the JSON to this file")
+    evaluate.add_argument("--predictions", default=None, help="with --vqa: write every answer to this JSONL file, "
+                          "one line per question in the set's order: position, id, question, gold, answer, correct")
     evaluate.set_defaults(func=_eval)
     export = sub.add_parser("export", help="write a checkpoint as a Hugging Face LLaVA folder (CLIP/SigLIP + "
                             "llama/mistral/qwen2/gemma3), or keep the vregion format")

@@ -45,10 +45,11 @@ def collate(
             image_spans [(start, length)] * k (positions within the unpadded sample).
         padding_side: "right" or "left" (generation); spans are shifted by the left padding.
         skipped: per-reason counts of samples dropped since the previous batch.
+            A sample's optional "meta" dict is passed through, as the batch's "meta" list.
 
     Returns:
         {"input_ids" (B, T), "attention_mask" (B, T), "labels" (B, T) (-100 ignored), "pixel_values"
-        (M, 3, S, S), "image_spans" (M, 3) rows [sample, start, length], "num_samples": B, "skipped"}.
+        (M, 3, S, S), "image_spans" (M, 3) rows [sample, start, length], "num_samples": B, "skipped"[, "meta"]}.
         A batch without images gets one zero image with row [-1, 0, 0], so the vision tower runs on every
         rank (ZeRO-3 gathers its parameters collectively) and the row is recognisably a dummy.
     """
@@ -70,7 +71,7 @@ def collate(
         spans += [[b, start + offset, span] for start, span in sample["image_spans"]]
         pixels.append(sample["pixel_values"])
     pixel_values, image_spans = batch_images(pixels, spans, image_size)
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
@@ -79,3 +80,6 @@ def collate(
         "num_samples": batch_size,
         "skipped": dict(skipped or {}),
     }
+    if any("meta" in s for s in samples):  # evaluation's per-sample names (eval.batches.sample_meta)
+        batch["meta"] = [s.get("meta", {}) for s in samples]
+    return batch

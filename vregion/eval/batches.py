@@ -12,6 +12,7 @@ from typing import Iterator
 
 from vregion.data import collate, resolve_shards
 from vregion.data.decode import SampleDecoder
+from vregion.data.templates import IMAGE_TAG
 from vregion.data.stream import rank_stream
 
 
@@ -28,6 +29,20 @@ def positions(shards: str) -> Iterator[dict]:
     return rank_stream(resolve_shards(shards), seed=0, rank=0, world_size=1, shuffle_buffer=0, infinite=False)
 
 
+def sample_meta(raw: dict, position: int) -> dict:
+    """What a prediction file names a sample by: its position in the set, its json "id" (else its tar key) and
+    its first human turn without the image placeholder (the question)."""
+    try:
+        meta = json.loads(raw["json"])
+        turns = meta.get("conversations") or []
+        question = next((t.get("value", "") for t in turns if t.get("from") == "human"), "")
+        sample_id = meta.get("id")
+    except (KeyError, ValueError, TypeError, AttributeError):
+        question, sample_id = "", None
+    return {"position": position, "id": str(sample_id if sample_id is not None else raw.get("__key__", "")),
+            "question": question.replace(IMAGE_TAG, "").strip()}
+
+
 def count_image_samples(shards: str, max_samples: int) -> tuple[int, int]:
     """(samples with images, positions read) among the first `max_samples` positions; reads no image."""
     read = list(itertools.islice(positions(shards), max_samples))
@@ -39,16 +54,18 @@ def shard_batches(shards: str, decoder: SampleDecoder, image_size: int, pad_id: 
     """This rank's share (positions rank, rank + R, ...) of the first `max_samples` positions, in order, batched.
 
     Positions that fail to decode (bad image, no supervised token left) are skipped, as in training; with
-    `text_only`, so are samples with images (text perplexity must not see them).
+    `text_only`, so are samples with images (text perplexity must not see them). Each sample carries its
+    `sample_meta` (the batch's "meta" list), so answers can be written out per sample.
     """
     pending: list[dict] = []
-    for raw in itertools.islice(positions(shards), rank, max_samples, world_size):
+    shared = itertools.islice(positions(shards), rank, max_samples, world_size)
+    for position, raw in zip(itertools.count(rank, world_size), shared):
         if text_only and num_images(raw) > 0:
             continue
         sample = decoder(raw)
         if "skip" in sample:
             continue
-        pending.append(sample)
+        pending.append({**sample, "meta": sample_meta(raw, position)})
         if len(pending) == batch_size:
             yield collate(pending, pad_id, image_size)
             pending = []

@@ -12,9 +12,11 @@ from vregion.eval.loss import to_model
 def split_prompts(batch: dict, tokenizer) -> list[dict]:
     """Cut each right-padded training-format sample at its first supervised token.
 
-    Returns per sample: prompt ids, its image rows (pixel index, start), the gold answer text, and the
-    template's end-of-turn id (the last supervised token), which stops generation.
+    Returns per sample: prompt ids, its image rows (pixel index, start), the gold answer text, the
+    template's end-of-turn id (the last supervised token), which stops generation, and the batch's "meta"
+    for the sample ({} when the batch has none).
     """
+    metas = batch.get("meta") or [{}] * batch["input_ids"].shape[0]
     items = []
     for b in range(batch["input_ids"].shape[0]):
         labels = batch["labels"][b]
@@ -36,6 +38,7 @@ def split_prompts(batch: dict, tokenizer) -> list[dict]:
             "images": images,
             "gold": tokenizer.decode(answer_ids[:-1], skip_special_tokens=True).strip(),
             "end_id": answer_ids[-1],
+            "meta": metas[b],
         })
     return items
 
@@ -62,12 +65,16 @@ def left_padded(items: list[dict], pixel_values: torch.Tensor, pad_id: int, num_
 
 
 @torch.no_grad()
-def answer_accuracy(model, tokenizer, batches, max_samples: int, max_new_tokens: int, num_examples: int = 4) -> dict:
-    """{"accuracy", "correct", "samples", "examples"}: greedy answers scored by normalised exact match."""
+def answer_accuracy(model, tokenizer, batches, max_samples: int, max_new_tokens: int, num_examples: int = 4,
+                    keep_predictions: bool = False) -> dict:
+    """{"accuracy", "correct", "samples", "examples"}: greedy answers scored by normalised exact match.
+
+    With `keep_predictions`, also "predictions": per scored sample its meta (position, id, question when the
+    batches carry them), "gold", "answer" and "correct"."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    examples = []
+    examples, predictions = [], []
     for batch in batches:
         items = split_prompts(batch, tokenizer)[: max_samples - total]
         if not items:
@@ -87,7 +94,12 @@ def answer_accuracy(model, tokenizer, batches, max_samples: int, max_new_tokens:
             total += 1
             if len(examples) < num_examples:
                 examples.append({"gold": it["gold"], "answer": answer, "correct": bool(hit)})
+            if keep_predictions:
+                predictions.append({**it["meta"], "gold": it["gold"], "answer": answer, "correct": bool(hit)})
         if total >= max_samples:
             break
     model.train(was_training)
-    return {"accuracy": correct / max(total, 1), "correct": correct, "samples": total, "examples": examples}
+    result = {"accuracy": correct / max(total, 1), "correct": correct, "samples": total, "examples": examples}
+    if keep_predictions:
+        result["predictions"] = predictions
+    return result

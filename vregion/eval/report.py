@@ -50,7 +50,7 @@ def closed_set_accuracy(model, tokenizer, cfg: EvalConfig, template: str, max_le
 
 def evaluate_model(
     model, tokenizer, cfg: EvalConfig, template: str, max_length: int,
-    batches: Callable[[str], Iterable[dict]] | None = None,
+    batches: Callable[[str], Iterable[dict]] | None = None, keep_predictions: bool = False,
 ) -> dict:
     """{"vqa": {accuracy, samples, examples}, "caption": {loss, perplexity, ...}} for the configured sets.
 
@@ -58,6 +58,7 @@ def evaluate_model(
         batches: shards -> one ordered pass of batches; default the first `cfg.max_samples` positions (one
             process).
             `vregion eval` passes its per-rank share of the samples here.
+        keep_predictions: the "vqa" section also lists every answer (`answer_accuracy`).
     """
     if batches is None:
         vision = model.vision
@@ -70,7 +71,8 @@ def evaluate_model(
     results: dict = {}
     if cfg.vqa_shards:
         results["vqa"] = answer_accuracy(
-            model, tokenizer, batches(cfg.vqa_shards), cfg.max_samples, cfg.max_new_tokens, cfg.num_examples
+            model, tokenizer, batches(cfg.vqa_shards), cfg.max_samples, cfg.max_new_tokens, cfg.num_examples,
+            keep_predictions=keep_predictions,
         )
         results["vqa_loss"] = mean_loss(model, batches(cfg.vqa_shards), cfg.max_samples)
     if cfg.caption_shards:

@@ -51,6 +51,7 @@ class EvalOptions:
     batch_size: int = 16  # per rank
     max_new_tokens: int = 16
     num_examples: int = 4  # example answers (from rank 0's share)
+    predictions: Optional[str] = None  # JSONL file: every --vqa answer (position, id, question, gold, answer)
     dtype: str = "fp32"
 
 
@@ -82,6 +83,10 @@ def reduce_results(results: dict) -> dict:
             correct, samples = dist.all_reduce_sum([float(r["correct"]), float(r["samples"])])
             merged[name] = {"accuracy": correct / max(samples, 1.0), "correct": int(correct),
                             "samples": int(samples), "examples": r["examples"]}
+            if "predictions" in r:  # every rank's answers, back in the set's order
+                shares = dist.all_gather_objects(r["predictions"])
+                merged[name]["predictions"] = sorted((p for share in shares for p in share),
+                                                     key=lambda p: p["position"])
         else:
             loss_sum, tokens, samples = dist.all_reduce_sum([r["loss"] * r["tokens"], float(r["tokens"]),
                                                              float(r["samples"])])
@@ -121,12 +126,14 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
 
     Returns:
         {"checkpoint", "compression" (null or {"layer", "stride"}), "world_size", "max_samples", and per set
-        present: "vqa" {accuracy, correct, samples, examples}, "choices" {accuracy, mean_rank, samples,
+        present: "vqa" {accuracy, correct, samples, examples[, predictions: every answer, with --predictions]}, "choices" {accuracy, mean_rank, samples,
         candidates, correct, examples}, "vqa_loss" / "caption" / "loss" / "text"
         {loss, perplexity, samples, tokens}}.
     """
     if opts.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {opts.dtype!r}; valid: {', '.join(DTYPES)}")
+    if opts.predictions and not opts.vqa:
+        raise ConfigError("--predictions lists the --vqa answers: give --vqa SHARDS as well")
     text_skipped = 0
     if opts.text and not is_text_file(opts.text):  # checked before the model loads
         text_skipped, read = count_image_samples(opts.text, opts.max_samples)
@@ -159,7 +166,8 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
     # evaluate_model's own sample cap must not cut a rank's share short: the share already holds <= max_samples.
     ecfg = EvalConfig(vqa_shards=opts.vqa, caption_shards=opts.captions, max_samples=opts.max_samples,
                       batch_size=opts.batch_size, max_new_tokens=opts.max_new_tokens, num_examples=opts.num_examples)
-    results = evaluate_model(model, tokenizer, ecfg, template, max_length, batches=batches)
+    results = evaluate_model(model, tokenizer, ecfg, template, max_length, batches=batches,
+                             keep_predictions=bool(opts.predictions))
     if opts.choices:
         results["choices"] = _closed_set(model, decoder, candidates, opts, rank, world)
     if opts.loss:
@@ -180,12 +188,25 @@ def evaluate_checkpoint(checkpoint: str | Path, opts: EvalOptions) -> dict:
             "max_samples": opts.max_samples, **merged}
 
 
+def write_predictions(predictions: list[dict], path: str | Path) -> None:
+    """One JSON object a line, in the set's order: what `--predictions` writes (a partial file is never left)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    partial.replace(path)
+
+
 def run_eval(checkpoint: str | Path, opts: EvalOptions, out: str | Path | None = None) -> dict:
     """Evaluate (joining the launcher's process group when there is one); rank 0 prints the JSON and writes `out`."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_distributed()
     result = evaluate_checkpoint(checkpoint, opts)
+    predictions = result.get("vqa", {}).pop("predictions", None)
     if dist.is_main():
+        if predictions is not None:
+            write_predictions(predictions, opts.predictions)
+            result["vqa"]["predictions_file"] = str(opts.predictions)
         text = json.dumps(result, indent=2)
         if out is not None:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
