@@ -31,13 +31,15 @@ def test_demo_all_resolves_to_warmup_then_region_under_a_schedule():
     assert train.region.strategy == "uniform" and train.region.mode == "full"
     assert select_layers(train.region.strategy, 18, train.region.count, train.region.fraction) == [1, 5, 9, 13, 17]
     assert train.compress.schedule == "two" and PRESETS["two"] == ("2/8", "none")
+    # the demo's scene dialogues (~130 Gemma3 tokens) fit whole, packed beside one-question samples
+    assert (train.data.max_length, train.data.packing) == (160, True) and warmup.data.packing
 
 
 def test_tiny_combined_run_transfers_then_tunes_the_region_compressed_then_not(tmp_path):
     run_train("configs/tiny.yaml", QUICK + ["train.max_steps=2", f"run.output_dir={tmp_path}/src"])
     target = "model.llm.tiny={family: qwen2, num_hidden_layers: 4, hidden_size: 96}"
     cmd = [sys.executable, "-m", "vregion.cli", "transfer", "configs/tiny.yaml", *QUICK, target,
-           "train.max_steps=4", "region.strategy=uniform", "region.count=2", "compress.schedule=two",
+           "train.max_steps=4", "region.strategy=uniform", "region.count=2", "compress.schedule=two", "data.packing=true",
            f"run.output_dir={tmp_path}/all", f"transfer.source={tmp_path}/src/final", "transfer.warmup_steps=2"]
     proc = subprocess.run(cmd, cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
