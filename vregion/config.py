@@ -35,6 +35,10 @@ class VisionConfig:
     path: Optional[str] = _f(None, "local HF folder or hub id of the vision tower; None with `tiny` set")
     tiny: Optional[dict] = _f(None, "random-weight config overrides for tests (e.g. hidden_size: 32)")
     feature_layer: int = _f(-2, "hidden-state index whose patch features feed the projector (LLaVA-1.5: -2)")
+    feature_blocks: Optional[list] = _f(
+        None, "EfficientNet: indices of the MBConv blocks whose outputs feed the projector, each average-pooled "
+        "to the stride-32 grid and concatenated along channels (e.g. [15, 5]: 320 + 80 channels); None: the "
+        "1280-channel head conv. The head keeps shape but loses colour; CNN towers only")
     image_size: Optional[int] = _f(None, "input resolution; None takes the backbone's own", ge=1)
     image_aspect: Literal["squash", "pad", "crop"] = _f(
         "squash", "how a non-square image becomes square: squash (resize, aspect lost) | pad (LLaVA-1.5: centred on "

@@ -226,14 +226,17 @@ def _llm_config(cfg: LLMConfig):
     return AutoConfig.for_model(family, **fields)
 
 
-def efficientnet_lite0_shape(image_size: Optional[int]) -> VisionShape:
-    """EfficientNet-Lite0 at `image_size` (None: 224): ceil(S/32)^2 tokens of 1280 channels, FLOPs per pixel
-    (exact for sides that are multiples of 32; others pad every stride-2 stage up, ~10% more than this)."""
+def efficientnet_lite0_shape(image_size: Optional[int], blocks: Optional[list] = None) -> VisionShape:
+    """EfficientNet-Lite0 at `image_size` (None: 224): ceil(S/32)^2 tokens of 1280 channels (or of the chosen
+    `blocks`' channels), FLOPs per pixel (exact for sides that are multiples of 32; others pad every stride-2
+    stage up, ~10% more than this; with `blocks`, an upper bound: the whole network is counted)."""
     from vregion.models import efficientnet as lite0
 
     size = image_size or lite0.DEFAULT_IMAGE_SIZE
     side = -(-size // lite0.FEATURE_STRIDE)
-    return VisionShape(lite0.NUM_PARAMS, side * side, lite0.HIDDEN_SIZE, 0, lite0.FLOPS_PER_PIXEL * size * size)
+    resolved = lite0.resolve_blocks(blocks, len(lite0.BLOCK_CHANNELS))
+    hidden = lite0.HIDDEN_SIZE if resolved is None else sum(lite0.BLOCK_CHANNELS[b] for b in resolved)
+    return VisionShape(lite0.NUM_PARAMS, side * side, hidden, 0, lite0.FLOPS_PER_PIXEL * size * size)
 
 
 def _vit_fields(cfg: VisionConfig) -> dict:
@@ -264,7 +267,7 @@ def vision_shape(cfg: ModelConfig) -> VisionShape:
     or a local (or cached) config.json; other towers raise ValueError."""
     vision = cfg.vision
     if vision.type == "efficientnet-lite0":
-        return efficientnet_lite0_shape(vision.image_size)
+        return efficientnet_lite0_shape(vision.image_size, vision.feature_blocks)
     if vision.type not in ("clip", "siglip"):
         raise ValueError(f"plan models clip, siglip and efficientnet-lite0 vision towers, not {vision.type!r}")
     c = _vit_fields(vision)

@@ -141,6 +141,9 @@ def build_vision_backbone(cfg: VisionConfig) -> VisionBackbone:
     """Build the backbone named by cfg.type; an unknown id fails with the list of valid ones."""
     if cfg.type not in BACKBONES:
         raise ValueError(f"unknown vision backbone '{cfg.type}'; valid ids: {', '.join(sorted(BACKBONES))}")
+    if cfg.feature_blocks is not None and cfg.type in ("clip", "siglip"):
+        raise ValueError(f"vision feature_blocks applies to CNN towers (efficientnet-lite0); a {cfg.type} tower "
+                         f"reads one hidden state, chosen by feature_layer")
     backbone = BACKBONES[cfg.type](cfg)
     backbone.image_aspect = cfg.image_aspect
     return backbone
