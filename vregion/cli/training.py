@@ -36,6 +36,23 @@ def _doctor(args: argparse.Namespace) -> int:
     return run_doctor(args.config, args.overrides, timeout=args.timeout)
 
 
+def _probe_vision(args: argparse.Namespace) -> int:
+    import json
+
+    from vregion.assets import resolve_asset
+    from vregion.eval.feature_probe import probe_tower
+    from vregion.models.backbones import build_vision_backbone
+
+    if min(args.train, args.eval, args.epochs) < 1:
+        raise ConfigError(f"--train, --eval and --epochs must be >= 1, got {args.train}, {args.eval}, {args.epochs}")
+    cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
+    vision = cfg.model.vision
+    vision.path = resolve_asset(vision.path, cfg.model.llm.cache_dir)
+    result = probe_tower(build_vision_backbone(vision), args.train, args.eval, args.epochs, seed=args.seed)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     cfg = load_and_validate(resolve_config_path(args.config), args.overrides)
     from vregion.transfer import run_transfer
@@ -123,6 +140,16 @@ def add_commands(sub) -> None:
     doctor.add_argument("--timeout", type=float, default=30.0, help="seconds the first node waits for the "
                         "others' reports (and they for it)")
     doctor.set_defaults(func=_doctor)
+
+    probe = sub.add_parser("probe-vision", help="linear probe of a config's vision tokens on generated scenes: "
+                           "per-object colour and shape accuracy (JSON), before spending a training run on them")
+    probe.add_argument("config", help="YAML file, or a shipped config name; only model.vision is used")
+    probe.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.vision.feature_blocks=[15,5]")
+    probe.add_argument("--train", type=int, default=3000, help="training scenes")
+    probe.add_argument("--eval", type=int, default=500, help="eval scenes (each holds a held-out colour-shape pair)")
+    probe.add_argument("--epochs", type=int, default=30)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.set_defaults(func=_probe_vision)
 
     transfer = sub.add_parser("transfer", help="VPG transfer: init from transfer.source, projector warm-up, then train")
     transfer.add_argument("config", help="target config (model = target LLM; transfer.source = source checkpoint)")
