@@ -33,6 +33,6 @@ def test_a_few_demo_steps_on_real_weights_lower_the_loss(tmp_path):
     late = sum(losses[s] for s in (6, 7, 8)) / 3
     assert late < losses[1] - 1.0, losses
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    # Only the projector trains: (320 + 80) block channels -> 576 -> 576 MLP.
-    assert summary["trainable_params"] == 400 * 576 + 576 + 576 * 576 + 576
+    # Only the projector trains: 1280 -> 576 -> 576 MLP.
+    assert summary["trainable_params"] == 1280 * 576 + 576 + 576 * 576 + 576
     assert summary["params_by_component"]["projector"] == [summary["trainable_params"]] * 2
