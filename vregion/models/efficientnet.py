@@ -6,8 +6,8 @@ convolution has stride 32, so a 224 px image gives 7 x 7 = 49 tokens, 160 px giv
 
 `feature_blocks` reads MBConv block outputs instead of the head: each is average-pooled to the same stride-32
 grid and the maps are concatenated along channels. The head's 1x1 convolution, trained for ImageNet classes,
-keeps shape but discards most colour: on the demo's scenes a linear probe reads an object's colour from the
-head at 0.56 and from blocks [15, 5] (320 + 80 channels) at 0.95 (docs/results.md).
+keeps shape but discards most colour: on the demo's scenes `vregion probe-vision` reads an object's colour
+from the head at 0.48 and from blocks [15, 5] (320 + 80 channels) at 0.95 (docs/results.md).
 
 This class satisfies the `VisionBackbone` interface of `backbones.py` without importing it, so that
 `backbones.py` can import this module at its top without an import cycle.
