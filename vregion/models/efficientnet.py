@@ -81,10 +81,10 @@ def resolve_blocks(blocks: list | None, num_blocks: int) -> tuple[int, ...] | No
         return None
     if not blocks or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
         raise ValueError(f"vision feature_blocks must be a non-empty list of block indices, got {blocks!r}")
-    resolved = tuple(b % num_blocks if -num_blocks <= b < num_blocks else None for b in blocks)
-    if None in resolved:
+    if not all(-num_blocks <= b < num_blocks for b in blocks):
         raise ValueError(f"vision feature_blocks {blocks} out of range for a {num_blocks}-block EfficientNet "
                          f"(valid: {-num_blocks}..{num_blocks - 1})")
+    resolved = tuple(b % num_blocks for b in blocks)
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"vision feature_blocks {blocks} names a block twice")
     return resolved
