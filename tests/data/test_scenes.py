@@ -41,6 +41,9 @@ HAND_2 = HAND + (O("diamond", "red", "small", 2, 2),)
     (HAND, {"kind": "bigger", "a": ("blue", "square"), "b": ("green", "triangle")}, "no"),
     (HAND, {"kind": "exists", "a": ("green", "triangle")}, "yes"),
     (HAND, {"kind": "exists", "a": ("green", "circle")}, "no"),
+    (HAND, {"kind": "colour_at", "cell": (2, 0)}, "blue"),
+    (HAND_2, {"kind": "colour_at", "cell": (2, 2)}, "red"),
+    (HAND, {"kind": "shape_at", "cell": (1, 2)}, "triangle"),
 ])
 def test_answers_of_hand_built_scenes(scene, spec, expected):
     assert scenes.answer(scene, spec) == expected
@@ -49,9 +52,20 @@ def test_answers_of_hand_built_scenes(scene, spec, expected):
 
 def test_every_kind_is_asked_and_unknown_kinds_name_the_known_ones():
     kinds = {spec["kind"] for _, _, specs, _ in scenes.scene_questions("train", 300) for spec in specs}
+    assert kinds == set(scenes.KINDS + scenes.GROUNDING_KINDS)
+    # eval asks the compositional kinds only: its questions do not change when training gains a kind
+    kinds = {spec["kind"] for _, _, specs, _ in scenes.scene_questions("eval", 300) for spec in specs}
     assert kinds == set(scenes.KINDS)
     with pytest.raises(ValueError, match="count_colour"):
         scenes.answer(HAND, {"kind": "how_shiny"})
+
+
+def test_cells_are_named_by_row_then_column_and_only_occupied_cells_are_asked():
+    assert scenes.question_text({"kind": "colour_at", "cell": (0, 2)}) == "What colour is the object in the bottom left?"
+    assert scenes.question_text({"kind": "shape_at", "cell": (1, 1)}) == "What shape is in the centre?"
+    assert scenes.cell_name(2, 1) == "middle right" and scenes.cell_name(1, 0) == "top middle"
+    cells = {tuple(s["cell"]) for s in scenes.candidate_specs(HAND)["colour_at"]}
+    assert cells == {(0, 0), (2, 0), (1, 2)}
 
 
 def test_ambiguous_questions_are_never_asked():

@@ -27,7 +27,8 @@ from .demo_data import fashion_samples, require_source, find_emoji_font, find_fa
 from .writer import png_bytes, question_sample, write_shards
 
 CANDIDATES_FILE = "objects.txt"
-BUILD_VERSION = 3  # bump when the same arguments would write other samples (2: scene dialogues; 3: 4,000 of them)
+BUILD_VERSION = 4  # bump when the same arguments would write other samples (2: scene dialogues; 3: 4,000 of them;
+#                   4: training scenes also ask what is in a named cell)
 
 
 def view_samples(glyphs, views_per_object: int, image_size: int, rng: random.Random, tag: str) -> list[dict]:

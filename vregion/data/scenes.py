@@ -3,7 +3,8 @@
 A scene is 2-4 shapes (circle, square, triangle, diamond) in six colours, small or large, each in its own
 cell of a 3x3 grid (jittered inside it), so "left of" and "above" are never ambiguous. Questions ask for
 counts, attributes of a unique object, sizes, spatial relations, extremes ("the leftmost object"),
-comparisons and existence; answers are one word. A question is a spec (a small dict); its text and its
+comparisons and existence; answers are one word. Training scenes also ask what is in a named cell
+(`GROUNDING_KINDS`); eval scenes do not. A question is a spec (a small dict); its text and its
 answer are pure functions of the spec and the scene (`question_text`, `answer`), so tests recompute
 every answer from the scene description instead of trusting a stored one.
 
@@ -37,6 +38,12 @@ GRID = 3
 NUMBERS = ("zero", "one", "two", "three", "four")
 KINDS = ("count", "count_colour", "count_shape", "colour_of", "shape_of", "size_of", "left_of", "above",
          "extreme", "more_than", "bigger", "exists")
+# Training only: what is in a named cell. These teach reading colour and shape at a place, whatever the
+# other attribute is, which is what the held-out pairs need; eval asks `KINDS` alone, so its questions (and
+# their accuracy) stay comparable across builds.
+GROUNDING_KINDS = ("colour_at", "shape_at")
+ROWS = ("top", "middle", "bottom")
+COLUMNS = ("left", "middle", "right")
 YES_NO_KINDS = ("left_of", "above", "more_than", "bigger", "exists")
 BACKGROUND = (236, 236, 230)
 
@@ -66,6 +73,16 @@ def _name(pair) -> str:
 
 def _find(scene: Scene, pair) -> SceneObject:
     (obj,) = [o for o in scene if o.pair == tuple(pair)]  # questions only name objects unique in the scene
+    return obj
+
+
+def cell_name(column: int, row: int) -> str:
+    """A grid cell in words: "top left", "middle right", "centre"."""
+    return "centre" if (column, row) == (1, 1) else f"{ROWS[row]} {COLUMNS[column]}"
+
+
+def _at(scene: Scene, cell) -> SceneObject:
+    (obj,) = [o for o in scene if (o.column, o.row) == tuple(cell)]  # only occupied cells are asked about
     return obj
 
 
@@ -107,6 +124,10 @@ def answer(scene: Scene, spec: dict) -> str:
         return _yes(a.size == "large" and b.size == "small")
     if kind == "exists":
         return _yes(any(o.pair == tuple(spec["a"]) for o in scene))
+    if kind == "colour_at":
+        return _at(scene, spec["cell"]).colour
+    if kind == "shape_at":
+        return _at(scene, spec["cell"]).shape
     raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -137,6 +158,10 @@ def question_text(spec: dict) -> str:
         return f"Is the {_name(spec['a'])} bigger than the {_name(spec['b'])}?"
     if kind == "exists":
         return f"Is there a {_name(spec['a'])}?"
+    if kind == "colour_at":
+        return f"What colour is the object in the {cell_name(*spec['cell'])}?"
+    if kind == "shape_at":
+        return f"What shape is in the {cell_name(*spec['cell'])}?"
     raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -180,6 +205,8 @@ def candidate_specs(scene: Scene, unasked=()) -> dict[str, list[dict]]:
                       if c != d and (c in colours or d in colours)],
         "bigger": [{"kind": "bigger", "a": a.pair, "b": b.pair} for a, b in ordered],
         "exists": [{"kind": "exists", "a": (c, s)} for c in COLOURS for s in SHAPES if (c, s) not in unasked],
+        "colour_at": [{"kind": "colour_at", "cell": (o.column, o.row)} for o in scene],
+        "shape_at": [{"kind": "shape_at", "cell": (o.column, o.row)} for o in scene],
     }
     for where, axis, sign in (("leftmost", "column", 1), ("rightmost", "column", -1),
                               ("topmost", "row", 1), ("bottommost", "row", -1)):
@@ -196,8 +223,8 @@ def mentions(spec: dict, pair) -> bool:
         spec.get("shape") == pair[1] and spec["kind"] == "colour_of")
 
 
-def draw_questions(scene: Scene, count: int, rng: random.Random, focus=None, unasked=()) -> list[dict]:
-    """`count` distinct questions: kind uniform among those with candidates, yes/no half each way; with
+def draw_questions(scene: Scene, count: int, rng: random.Random, focus=None, unasked=(), kinds=KINDS) -> list[dict]:
+    """`count` distinct questions: kind uniform among `kinds` with candidates, yes/no half each way; with
     `focus` (a colour-shape pair), every other question is about that object where one exists."""
     candidates = candidate_specs(scene, unasked)
     chosen: list[dict] = []
@@ -212,9 +239,9 @@ def draw_questions(scene: Scene, count: int, rng: random.Random, focus=None, una
                 return False
             return spec["kind"] not in YES_NO_KINDS or answer(scene, spec) == want
 
-        kinds = [k for k in KINDS if any(fits(s) for s in candidates[k])]
-        if kinds:
-            kind = rng.choice(kinds)
+        open_kinds = [k for k in kinds if any(fits(s) for s in candidates[k])]
+        if open_kinds:
+            kind = rng.choice(open_kinds)
             chosen.append(rng.choice([s for s in candidates[kind] if fits(s)]))
         elif on_focus:
             focus = None  # nothing left to ask about the focus object
@@ -247,13 +274,15 @@ def render(scene: Scene, image_size: int, rng: random.Random | None = None) -> I
 
 
 def scene_questions(split: str, count: int, seed: int = 0, questions_per_scene: int = 2):
-    """Yield (index, scene, [spec, ...]) for `count` scenes of `split`, deterministic under `seed`."""
+    """Yield (index, scene, [spec, ...]) for `count` scenes of `split`, deterministic under `seed`; training
+    questions include `GROUNDING_KINDS`."""
     rng = random.Random(f"vregion-scenes-{split}-{seed}")
+    kinds = KINDS + GROUNDING_KINDS if split == "train" else KINDS
     for index in range(count):
         scene = random_scene(rng, split)
         focus = next((o.pair for o in scene if o.pair in HELD_OUT_PAIRS), None)
         unasked = HELD_OUT_PAIRS if split == "train" else ()
-        yield index, scene, draw_questions(scene, questions_per_scene, rng, focus, unasked), rng
+        yield index, scene, draw_questions(scene, questions_per_scene, rng, focus, unasked, kinds), rng
 
 
 def scene_samples(split: str, count: int, image_size: int = 224, seed: int = 0,
