@@ -56,6 +56,9 @@ def test_every_kind_is_asked_and_unknown_kinds_name_the_known_ones():
     # eval asks the compositional kinds only: its questions do not change when training gains a kind
     kinds = {spec["kind"] for _, _, specs, _ in scenes.scene_questions("eval", 300) for spec in specs}
     assert kinds == set(scenes.KINDS)
+    kinds = {spec["kind"] for _, _, specs, _ in scenes.scene_questions("train", 300, kinds=("count", "colour_at"))
+             for spec in specs}
+    assert kinds == {"count", "colour_at"}
     with pytest.raises(ValueError, match="count_colour"):
         scenes.answer(HAND, {"kind": "how_shiny"})
 

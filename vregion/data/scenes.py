@@ -273,11 +273,12 @@ def render(scene: Scene, image_size: int, rng: random.Random | None = None) -> I
     return image
 
 
-def scene_questions(split: str, count: int, seed: int = 0, questions_per_scene: int = 2):
-    """Yield (index, scene, [spec, ...]) for `count` scenes of `split`, deterministic under `seed`; training
-    questions include `GROUNDING_KINDS`."""
+def scene_questions(split: str, count: int, seed: int = 0, questions_per_scene: int = 2, kinds=None):
+    """Yield (index, scene, [spec, ...]) for `count` scenes of `split`, deterministic under `seed`; `kinds`
+    None asks `KINDS`, and in training `GROUNDING_KINDS` too."""
     rng = random.Random(f"vregion-scenes-{split}-{seed}")
-    kinds = KINDS + GROUNDING_KINDS if split == "train" else KINDS
+    if kinds is None:
+        kinds = KINDS + GROUNDING_KINDS if split == "train" else KINDS
     for index in range(count):
         scene = random_scene(rng, split)
         focus = next((o.pair for o in scene if o.pair in HELD_OUT_PAIRS), None)
@@ -286,15 +287,16 @@ def scene_questions(split: str, count: int, seed: int = 0, questions_per_scene: 
 
 
 def scene_samples(split: str, count: int, image_size: int = 224, seed: int = 0,
-                  questions_per_scene: int = 2, dialogue: bool = False) -> list[dict]:
+                  questions_per_scene: int = 2, dialogue: bool = False, kinds=None) -> list[dict]:
     """`count` scenes of `split` ("train" | "eval") as VQA samples: one sample per question (the same
     picture shared by a scene's questions; each sample carries its "scene" and "question" spec), or with
     `dialogue` one sample per scene holding its questions as turns (carrying "scene" and "questions").
+    `kinds`: as in `scene_questions` (e.g. `KINDS` alone for an in-distribution test set of training scenes).
 
     Dialogues are how LLaVA's own data asks several questions of one image: every answer is supervised, and
     the image and the prompt are paid for once, so a training step learns from several answers per scene."""
     samples = []
-    for index, scene, specs, rng in scene_questions(split, count, seed, questions_per_scene):
+    for index, scene, specs, rng in scene_questions(split, count, seed, questions_per_scene, kinds):
         png = png_bytes(render(scene, image_size, rng))
         described = [asdict(o) for o in scene]
         if dialogue:
