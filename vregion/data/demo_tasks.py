@@ -27,8 +27,7 @@ from .demo_data import fashion_samples, require_source, find_emoji_font, find_fa
 from .writer import png_bytes, question_sample, write_shards
 
 CANDIDATES_FILE = "objects.txt"
-BUILD_VERSION = 4  # bump when the same arguments would write other samples (2: scene dialogues; 3: 4,000 of them;
-#                   4: training scenes also ask what is in a named cell)
+BUILD_VERSION = 3  # bump when the same arguments would write other samples (2: scene dialogues; 3: 4,000 of them)
 
 
 def view_samples(glyphs, views_per_object: int, image_size: int, rng: random.Random, tag: str) -> list[dict]:
@@ -71,6 +70,7 @@ def build_demo_tasks(
     questions_per_scene: int = 2,
     train_turns: int = 6,
     samples_per_shard: int = 500,
+    train_kinds: tuple = scenes.KINDS,
 ) -> dict:
     """Write the demo tasks' folders (module docstring) under `out_dir`; returns a summary of counts.
 
@@ -79,6 +79,8 @@ def build_demo_tasks(
         train_scenes / eval_scenes: scenes in train/ (one dialogue of `train_turns` questions each) and in
             eval-scenes/ (`questions_per_scene` one-question samples each, scored one at a time).
         eval_views: pictures of each object per held-out style (and in eval-emoji/).
+        train_kinds: question kinds of the training scenes (`scenes.KINDS + scenes.GROUNDING_KINDS` adds the
+            grounding questions; eval scenes always ask `scenes.KINDS`).
     """
     font = require_source(find_emoji_font(), "fonts-noto-color-emoji (NotoColorEmoji.ttf)")
     fashion = require_source(find_fashion_mnist(), "dataset-fashion-mnist")
@@ -87,7 +89,8 @@ def build_demo_tasks(
     rng = random.Random(f"vregion-demo-tasks-{seed}")
     align = view_samples(glyphs, align_views, image_size, rng, "align")
     views = view_samples(glyphs, train_views, image_size, rng, "train")
-    scene_train = scenes.scene_samples("train", train_scenes, image_size, seed, train_turns, dialogue=True)
+    scene_train = scenes.scene_samples("train", train_scenes, image_size, seed, train_turns, dialogue=True,
+                                        kinds=train_kinds)
     scene_eval = scenes.scene_samples("eval", eval_scenes, image_size, seed, questions_per_scene)
     fashion_tr, hashes = fashion_samples(fashion, "train", fashion_train, image_size, rng)
     fashion_ev, _ = fashion_samples(fashion, "test", fashion_eval, image_size, rng, exclude=hashes)
