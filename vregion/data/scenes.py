@@ -128,7 +128,7 @@ def answer(scene: Scene, spec: dict) -> str:
         return _at(scene, spec["cell"]).colour
     if kind == "shape_at":
         return _at(scene, spec["cell"]).shape
-    raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS)}")
+    raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS + GROUNDING_KINDS)}")
 
 
 def question_text(spec: dict) -> str:
@@ -162,7 +162,7 @@ def question_text(spec: dict) -> str:
         return f"What colour is the object in the {cell_name(*spec['cell'])}?"
     if kind == "shape_at":
         return f"What shape is in the {cell_name(*spec['cell'])}?"
-    raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS)}")
+    raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS + GROUNDING_KINDS)}")
 
 
 def random_scene(rng: random.Random, split: str) -> Scene:
